@@ -1,0 +1,72 @@
+"""One small exception hierarchy for the audio core.
+
+The Dify adapter and the CLI turn these into the one message a user reads, so every error carries enough
+context (which parameter, which call, what the provider sent) to act on without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+
+class InvalidInput(PipelineError):
+    """A job parameter or the text is unusable. `param` names the parameter the user must change."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+class InvalidAudio(PipelineError):
+    """What a TTS call returned is not (entirely) audio we can use.
+
+    `call_index` is the 0-based request index, `sniffed` what the bytes looked like, `preview` the first
+    ~200 printable characters (a provider's JSON/HTML error body is usually the explanation).
+    """
+
+    def __init__(self, call_index: int | None, message: str, *, sniffed: str = "", preview: str = "") -> None:
+        where = f"TTS call #{call_index + 1}" if call_index is not None else "audio"
+        text = f"{where}: {message}"
+        if sniffed:
+            text += f" (looks like: {sniffed})"
+        if preview:
+            text += f"; it starts with: {preview!r}"
+        super().__init__(text)
+        self.call_index = call_index
+        self.sniffed = sniffed
+        self.preview = preview
+
+
+class SynthesisFailed(PipelineError):
+    """A TTS request still failed after its retries. Names the request and the provider's message."""
+
+    def __init__(self, index: int, text: str, provider_message: str, attempts: int) -> None:
+        first_words = " ".join(text.split()[:8])
+        super().__init__(
+            f"TTS request #{index + 1} (\"{first_words}…\") failed after {attempts} attempt(s): {provider_message}"
+        )
+        self.index = index
+        self.provider_message = provider_message
+        self.attempts = attempts
+
+
+class OutputTooLarge(PipelineError):
+    """No allowed encoding of the programme fits the output size limit."""
+
+
+class FFmpegError(PipelineError):
+    """ffmpeg is missing, timed out or failed. `stderr` keeps its last lines for the message."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        tail = "\n".join(stderr.strip().splitlines()[-6:])
+        super().__init__(f"{message}" + (f"\nffmpeg said:\n{tail}" if tail else ""))
+        self.stderr = stderr
+
+
+def printable_preview(data: bytes, limit: int = 200) -> str:
+    """The first `limit` printable characters of a payload, for error messages about non-audio bodies."""
+    text = data[: limit * 4].decode("utf-8", errors="replace")
+    kept = "".join(ch if ch.isprintable() else " " for ch in text)
+    return " ".join(kept.split())[:limit]

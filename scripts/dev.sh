@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The two commands of README.md live here so that Makefile, README and .ci/run say the same thing.
+#   scripts/dev.sh demo   -> venv + runtime and local-runner deps, narrate examples/podcast.md to podcast.mp3
+#   scripts/dev.sh test   -> venv + dev deps, ruff, whole test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+    py=$(bash scripts/find-python.sh)
+    echo "creating $VENV with $py" >&2
+    rm -rf "$VENV"
+    "$py" -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$1"
+}
+
+case "${1:-}" in
+  demo)
+    ensure_venv requirements-local.txt
+    shift
+    "$VENV/bin/python" -m audio narrate examples/podcast.md -o podcast.mp3 "$@"
+    ;;
+  test)
+    ensure_venv requirements-dev.txt
+    shift
+    "$VENV/bin/python" -m ruff check .
+    "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: scripts/dev.sh demo|test [args]" >&2
+    exit 2
+    ;;
+esac
