@@ -1,0 +1,193 @@
+"""Lay the decoded files out on one timeline and write the programme as raw PCM on disk.
+
+At every seam (between files of one call and between calls) silence is clipped to a small margin, short
+fades remove clicks, and then exactly the pause the script asked for is inserted, so the rhythm is the
+same whichever provider (and whatever leading/trailing silence) produced the audio.
+
+Loudness is levelled per speaker (voice) as a whole before the programme is mastered: normalizing each
+sentence on its own would make levels jump, while one gain per speaker keeps a voice's natural dynamics and
+makes voices from different providers sit at the same loudness.
+
+Memory stays flat: each file is read from disk, processed and appended to the programme file, one at a time.
+Between files `time.sleep(0)` yields to the gevent hub when running inside the Dify SDK.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .decode import DecodedFile
+from .loudness import LoudnessMeter
+from .model import Request, TimelineEntry
+
+WINDOW_S = 0.010  # silence detection resolution
+LEAD_MARGIN_S = 0.030  # silence kept before speech at a seam
+TAIL_MARGIN_S = 0.060  # silence kept after speech (decays, breaths)
+FADE_S = 0.008  # fade length at every seam (5–10 ms)
+SILENCE_FLOOR_DB = -60.0  # below this a window is silence, whatever the file's level
+SILENCE_BELOW_PEAK_DB = 45.0  # … or this far below the file's loudest window
+
+
+@dataclass(frozen=True)
+class Programme:
+    """The assembled programme: raw float32le PCM on disk plus what was measured while writing it."""
+
+    path: Path
+    frames: int
+    sample_rate: int
+    channels: int
+    timeline: list[TimelineEntry]
+    integrated_lufs: float | None  # programme loudness after per-speaker leveling
+    rms_db: float | None
+    speaker_gains_db: dict[str, float]
+    warnings: list[str]
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def speech_bounds(samples: np.ndarray, sample_rate: int) -> tuple[int, int] | None:
+    """(first, last) sample index of speech with margins, or None when the file is all silence."""
+    mono = samples if samples.ndim == 1 else samples.mean(axis=1)
+    win = max(1, int(WINDOW_S * sample_rate))
+    n_win = len(mono) // win
+    if n_win == 0:
+        return (0, len(mono)) if np.any(np.abs(mono) > 10 ** (SILENCE_FLOOR_DB / 20)) else None
+    frames = mono[: n_win * win].reshape(n_win, win).astype(np.float64)
+    energy = np.mean(frames * frames, axis=1)
+    level = 10 * np.log10(np.maximum(energy, 1e-20))
+    threshold = max(SILENCE_FLOOR_DB, float(level.max()) - SILENCE_BELOW_PEAK_DB)
+    loud = np.flatnonzero(level > threshold)
+    if len(loud) == 0:
+        return None
+    start = max(0, loud[0] * win - int(LEAD_MARGIN_S * sample_rate))
+    end_of_speech = len(mono) if loud[-1] == n_win - 1 else (loud[-1] + 1) * win
+    end = min(len(mono), end_of_speech + int(TAIL_MARGIN_S * sample_rate))
+    return int(start), int(end)
+
+
+def apply_fades(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Half-cosine fade-in and fade-out of FADE_S at both ends (in place on a float32 copy)."""
+    out = np.array(samples, dtype=np.float32, copy=True)
+    n = min(int(FADE_S * sample_rate), len(out) // 2)
+    if n > 0:
+        ramp = (0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, n, dtype=np.float32))).astype(np.float32)
+        if out.ndim == 2:
+            ramp = ramp[:, None]
+        out[:n] *= ramp
+        out[-n:] *= ramp[::-1]
+    return out
+
+
+def _load(d: DecodedFile) -> np.ndarray:
+    data = np.fromfile(d.path, dtype="<f4")
+    return data.reshape(-1, d.channels) if d.channels > 1 else data
+
+
+def _speaker_key(req: Request) -> str:
+    return req.speaker.lower() if req.speaker else (req.voice or "")
+
+
+def assemble(
+    groups: Sequence[tuple[Request, Sequence[DecodedFile]]],
+    out_path: Path,
+    *,
+    sample_rate: int,
+    channels: int,
+    pause_ms: int,
+    level_speakers_to: float | None,
+) -> Programme:
+    """Write the programme for `groups` (each request with its decoded files, in order) to out_path.
+
+    `pause_ms` is the pause between files of one request (providers split long requests into per-sentence
+    files); a request's own `pause_before_ms` goes before it. `level_speakers_to` (LUFS) brings every speaker
+    to that loudness when there are several; None leaves levels untouched (loudness "off").
+    """
+    warnings: list[str] = []
+    bounds: dict[Path, tuple[int, int] | None] = {}
+    speakers = {_speaker_key(req) for req, _ in groups}
+    gains: dict[str, float] = dict.fromkeys(speakers, 0.0)
+
+    if level_speakers_to is not None and len(speakers) > 1:
+        meters = {key: LoudnessMeter(sample_rate, channels) for key in speakers}
+        for req, files in groups:
+            for d in files:
+                samples = _load(d)
+                b = bounds[d.path] = speech_bounds(samples, sample_rate)
+                if b:
+                    meters[_speaker_key(req)].add(samples[b[0] : b[1]])
+                time.sleep(0)
+        for key, meter in meters.items():
+            measured = meter.integrated()
+            if measured is not None:
+                gains[key] = float(np.clip(level_speakers_to - measured, -30.0, 30.0))
+
+    programme_meter = LoudnessMeter(sample_rate, channels)
+    timeline: list[TimelineEntry] = []
+    frames_written = 0
+    silence_cache: dict[int, bytes] = {}
+
+    def write_silence(out, ms: int) -> None:
+        nonlocal frames_written
+        n = round(ms * sample_rate / 1000)
+        if n <= 0:
+            return
+        if n not in silence_cache:
+            silence_cache[n] = np.zeros(n * channels, dtype="<f4").tobytes()
+        out.write(silence_cache[n])
+        programme_meter.add(np.zeros((n, channels) if channels > 1 else n, dtype=np.float32))
+        frames_written += n
+
+    with open(out_path, "wb") as out:
+        for req, files in groups:
+            if frames_written > 0:
+                write_silence(out, req.pause_before_ms)
+            start = frames_written
+            wrote_speech = False
+            gain = 10 ** (gains[_speaker_key(req)] / 20)
+            for d in files:
+                samples = _load(d)
+                b = bounds[d.path] if d.path in bounds else speech_bounds(samples, sample_rate)
+                if b is None:
+                    continue
+                if wrote_speech:
+                    write_silence(out, pause_ms)
+                piece = apply_fades(samples[b[0] : b[1]], sample_rate)
+                if gain != 1.0:
+                    piece *= np.float32(gain)
+                out.write(piece.astype("<f4", copy=False).tobytes())
+                programme_meter.add(piece)
+                frames_written += len(piece)
+                wrote_speech = True
+                time.sleep(0)
+            if not wrote_speech:
+                warnings.append(f"TTS request #{req.index + 1} produced only silence")
+            timeline.append(
+                TimelineEntry(
+                    index=req.index,
+                    start=start / sample_rate,
+                    end=frames_written / sample_rate,
+                    text=req.text,
+                    speaker=req.speaker,
+                    voice=req.voice,
+                    section=req.section,
+                )
+            )
+
+    return Programme(
+        path=out_path,
+        frames=frames_written,
+        sample_rate=sample_rate,
+        channels=channels,
+        timeline=timeline,
+        integrated_lufs=programme_meter.integrated(),
+        rms_db=programme_meter.rms_db(),
+        speaker_gains_db={k: round(v, 2) for k, v in gains.items()},
+        warnings=warnings,
+    )

@@ -1,0 +1,143 @@
+"""Decode each complete audio file on its own into float32 PCM at the programme's rate and layout.
+
+Decoding files separately is what makes the join gapless: ffmpeg reads each mp3's LAME header and trims its
+encoder delay and padding, and no decoder ever sees a foreign header in the middle of its stream.
+
+Speed comes from the process count (DESIGN.md: one process per file costs ~14–75 ms of start-up each), so
+files are decoded in batches: ONE ffmpeg process with many inputs writing as many raw outputs. Decoder errors
+are not attributable to an input in a batch's stderr, so a batch that reports any error is decoded again
+file by file to name the culprit; that slow path only runs when something is already wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import ffmpeg
+from .errors import InvalidAudio
+from .model import AudioFile
+
+BATCH_SIZE = 48  # inputs per ffmpeg process: bounds open files and argv length, allows progress
+BYTES_PER_SAMPLE = 4  # float32
+
+
+@dataclass(frozen=True)
+class DecodedFile:
+    """Raw float32le interleaved PCM of one AudioFile, on disk."""
+
+    path: Path
+    frames: int
+    sample_rate: int
+    channels: int
+    source: AudioFile
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def programme_rate(files: Sequence[AudioFile], requested: int | None) -> int:
+    """The rate everything is decoded to: as asked, else the highest input rate up to 48 kHz."""
+    if requested:
+        return requested
+    rates = [f.sample_rate for f in files if 0 < f.sample_rate <= 48000]
+    return max(rates) if rates else 24000
+
+
+def decode_all(
+    files: Sequence[AudioFile],
+    workdir: Path,
+    *,
+    sample_rate: int,
+    channels: int,
+    max_seconds_per_file: float,
+    parallel: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[DecodedFile]:
+    """Decode every file (in order) into workdir; raise InvalidAudio naming the call on any decoder error."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    inputs: list[Path] = []
+    for pos, f in enumerate(files):
+        path = workdir / f"in{pos:05d}.{f.fmt}"
+        path.write_bytes(f.data)
+        inputs.append(path)
+    outputs = [workdir / f"dec{pos:05d}.f32" for pos in range(len(files))]
+    batches = [list(range(i, min(i + BATCH_SIZE, len(files)))) for i in range(0, len(files), BATCH_SIZE)]
+    workers = max(1, min(parallel or os.cpu_count() or 1, len(batches) or 1, 4))
+    done = 0
+
+    def run_batch(batch: list[int]) -> None:
+        args: list[str] = ["-v", "error"]
+        for pos in batch:
+            args += ffmpeg.input_args(inputs[pos], files[pos].fmt)
+        for k, pos in enumerate(batch):
+            args += _output_args(k, outputs[pos], sample_rate, channels, max_seconds_per_file)
+        timeout = 60 + 2 * sum(len(files[p].data) for p in batch) / 4000  # generous: ~2 s per 4 kB/s·s
+        res = ffmpeg.run(args, what="decoding the TTS audio", check=False, timeout=timeout)
+        if res.stderr.strip() or any(not outputs[p].exists() for p in batch):
+            for pos in batch:
+                _decode_one_strict(files[pos], inputs[pos], outputs[pos], sample_rate, channels, max_seconds_per_file)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        for _ in pool.map(run_batch, batches):
+            done += 1
+            if progress:
+                progress(done, len(batches))
+
+    decoded: list[DecodedFile] = []
+    for pos, f in enumerate(files):
+        inputs[pos].unlink(missing_ok=True)
+        size = outputs[pos].stat().st_size
+        frames = size // (BYTES_PER_SAMPLE * channels)
+        if frames >= int(max_seconds_per_file * sample_rate):
+            raise InvalidAudio(
+                f.call_index,
+                f"file {f.file_index + 1} decodes to more than {max_seconds_per_file:.0f} s of audio; "
+                "refusing it (a small payload must not expand to hours)",
+                sniffed=f.fmt,
+            )
+        if frames == 0:
+            raise InvalidAudio(f.call_index, f"file {f.file_index + 1} contains no audio samples", sniffed=f.fmt)
+        decoded.append(DecodedFile(outputs[pos], frames, sample_rate, channels, f))
+    return decoded
+
+
+def _output_args(k: int, out: Path, rate: int, channels: int, max_seconds: float) -> list[str]:
+    layout = "mono" if channels == 1 else "stereo"
+    return [
+        "-map", f"{k}:a:0",
+        "-af", f"aresample=osr={rate}:resampler=soxr,aformat=sample_fmts=flt:channel_layouts={layout}",
+        "-t", f"{max_seconds:.3f}",
+        "-f", "f32le", f"file:{out.resolve()}",
+    ]  # fmt: skip
+
+
+def _decode_one_strict(f: AudioFile, src: Path, out: Path, rate: int, channels: int, max_seconds: float) -> None:
+    """Decode a single file; any decoder message is an error that names the call and file."""
+    res = ffmpeg.run(
+        ["-v", "error", *ffmpeg.input_args(src, f.fmt), *_output_args(0, out, rate, channels, max_seconds)],
+        what="decoding the TTS audio",
+        check=False,
+        timeout=60 + len(f.data) / 2000,
+    )
+    problems = [line for line in res.stderr.splitlines() if line.strip()]
+    if problems or not out.exists():
+        detail = "; ".join(dict.fromkeys(_strip_address(p) for p in problems[:5])) or "no output"
+        raise InvalidAudio(
+            f.call_index,
+            f"file {f.file_index + 1} ({f.fmt}) could not be decoded cleanly: {detail}",
+            sniffed=f.fmt,
+        )
+
+
+def _strip_address(line: str) -> str:
+    """'[mp3float @ 0x55d…] Header missing' → 'mp3float: Header missing' (stable, readable)."""
+    line = line.strip()
+    if line.startswith("[") and "]" in line:
+        tag, _, rest = line[1:].partition("]")
+        return f"{tag.split(' @ ')[0]}: {rest.strip()}"
+    return line

@@ -1,0 +1,162 @@
+"""Benchmark the audio core against the floor and a naive join (run by hand, not in CI).
+
+Workload: N speech segments from the embedded engine (default 120 ≈ 14 min), 24 kHz mono mp3 files with
+levels varying ±6 dB, as a per-sentence provider would send them. In one run it measures wall time and peak
+memory (this process's own peak RSS and its ffmpeg children's) of:
+  (a) floor    one ffmpeg process that decodes, concatenates and encodes the same files to mp3
+  (b) naive    pydub: AudioSegment.from_file each, `+=`, export
+  (c) pipeline audio.pipeline.narrate with default mastering (-16 LUFS, mp3)
+and prints c/a and b/a. Each variant runs in its own child process so peak memory is its own.
+
+    .venv/bin/python benchmarks/pipeline_bench.py            # 120 segments
+    .venv/bin/python benchmarks/pipeline_bench.py --scale 4  # 4× the programme length
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SENTENCES = [
+    "The history of radio begins with a handful of experiments that few people noticed at the time.",
+    "Engineers argued for years about the best way to carry a voice across long distances.",
+    "By the end of the decade, families gathered every evening to listen to the news together.",
+    "Some programmes were scripted to the second, while others were improvised on the spot.",
+    "Listeners wrote thousands of letters, and many of them were answered on air.",
+    "Today the same ideas live on in podcasts, audiobooks and voice assistants.",
+]
+
+
+def build_workload(directory: Path, count: int, seed: int = 7) -> list[Path]:
+    """Synthesize `count` segments (~7 s each) with the embedded engine; mp3 24 kHz mono, gain ±6 dB."""
+    from audio import ffmpeg
+    from audio.engine import EspeakEngine
+
+    directory.mkdir(parents=True, exist_ok=True)
+    engine = EspeakEngine(fmt="wav")
+    rng = random.Random(seed)
+    paths = []
+    for i in range(count):
+        path = directory / f"seg{i:04d}.mp3"
+        paths.append(path)
+        if path.exists():
+            continue
+        text = " ".join(rng.sample(SENTENCES, 2))
+        wav = b"".join(engine(text, None))
+        gain = rng.uniform(-6.0, 6.0)
+        ffmpeg.run(
+            [*ffmpeg.input_args("pipe:0", "wav"), "-af", f"volume={gain:.2f}dB,aresample=24000", "-ac", "1",
+             "-c:a", "libmp3lame", "-b:a", "48k", str(path)],
+            stdin=wav,
+        )
+    return paths
+
+
+def variant_floor(paths: list[Path], out: Path) -> None:
+    from audio import ffmpeg
+
+    args: list[str] = []
+    for p in paths:
+        args += ffmpeg.input_args(p, "mp3")
+    graph = "".join(f"[{i}:a]" for i in range(len(paths))) + f"concat=n={len(paths)}:v=0:a=1[out]"
+    ffmpeg.run([*args, "-filter_complex", graph, "-map", "[out]", "-c:a", "libmp3lame", "-b:a", "64k", str(out)],
+               timeout=3600)
+
+
+def variant_naive(paths: list[Path], out: Path) -> None:
+    from pydub import AudioSegment
+
+    from audio import ffmpeg
+
+    AudioSegment.converter = ffmpeg.ffmpeg_binary()
+    programme = AudioSegment.empty()
+    for p in paths:
+        programme += AudioSegment.from_file(p, format="mp3")
+    programme.export(out, format="mp3", bitrate="64k")
+
+
+def variant_pipeline(paths: list[Path], out: Path) -> None:
+    from audio.pipeline import Job, narrate
+
+    by_text = {f"Segment number {i}.": p.read_bytes() for i, p in enumerate(paths)}
+
+    def synthesize(text: str, voice: str | None):
+        data = by_text[text]
+        for i in range(0, len(data), 1024):
+            yield data[i : i + 1024]
+
+    text = "\n\n".join(by_text)
+    result = narrate(Job(text=text, concurrency=8, backoff_s=0), synthesize)
+    out.write_bytes(result.data)
+
+
+VARIANTS = {"floor": variant_floor, "naive": variant_naive, "pipeline": variant_pipeline}
+
+
+def child(variant: str, workload: Path, out: Path, scale: int) -> None:
+    paths = sorted(workload.glob("seg*.mp3")) * scale
+    t0 = time.perf_counter()
+    VARIANTS[variant](paths, out)
+    elapsed = time.perf_counter() - t0
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"variant": variant, "seconds": elapsed, "rss_mb": own, "ffmpeg_rss_mb": kids}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--segments", type=int, default=120)
+    parser.add_argument("--scale", type=int, default=1, help="repeat the workload this many times")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ttsp-bench")
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    workload = args.workdir / f"workload-{args.segments}"
+    if args.child:
+        child(args.child[0], workload, Path(args.child[1]), args.scale)
+        return
+
+    t0 = time.perf_counter()
+    build_workload(workload, args.segments)
+    print(f"workload: {args.segments} segments × {args.scale} (built/cached in {time.perf_counter() - t0:.1f} s)")
+    from audio.loudness import measure_file
+
+    results = {}
+    for variant in VARIANTS:
+        if variant == "naive" and args.skip_naive:
+            continue
+        out = args.workdir / f"out-{variant}-{args.scale}.mp3"
+        proc = subprocess.run(
+            [sys.executable, __file__, "--segments", str(args.segments), "--scale", str(args.scale),
+             "--workdir", str(args.workdir), "--child", variant, str(out)],
+            capture_output=True, text=True, check=True,
+        )
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        m = measure_file(out, "mp3")
+        res["duration_s"] = m.duration_s
+        res["lufs"] = m.integrated
+        res["true_peak"] = m.true_peak
+        results[variant] = res
+        print(
+            f"{variant:9s} {res['seconds']:7.2f} s   peak RSS {res['rss_mb']:6.0f} MB "
+            f"(ffmpeg {res['ffmpeg_rss_mb']:5.0f} MB)   {m.duration_s / 60:5.1f} min  "
+            f"{m.integrated:6.1f} LUFS  TP {m.true_peak:5.1f} dBTP"
+        )
+    floor = results["floor"]["seconds"]
+    print(f"c/a (pipeline / floor) = {results['pipeline']['seconds'] / floor:.2f}")
+    if "naive" in results:
+        print(f"b/a (naive pydub / floor) = {results['naive']['seconds'] / floor:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""assemble: seam trimming, fades, pauses, timeline, per-speaker leveling, flat memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyloudnorm
+import pytest
+
+from audio import assemble
+from audio.decode import DecodedFile
+from audio.model import AudioFile, Request
+
+RATE = 24000
+
+
+def _tone(seconds: float, level_db: float, freq: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    env = 0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)  # speech-like amplitude movement
+    return (10 ** (level_db / 20) * env * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _decoded(tmp_path, name: str, samples: np.ndarray, call: int) -> DecodedFile:
+    path = tmp_path / f"{name}.f32"
+    samples.astype("<f4").tofile(path)
+    return DecodedFile(path, len(samples), RATE, 1, AudioFile(b"", "wav", RATE, 1, call_index=call))
+
+
+def _padded(speech: np.ndarray, lead: float, tail: float) -> np.ndarray:
+    return np.concatenate([np.zeros(int(lead * RATE), np.float32), speech, np.zeros(int(tail * RATE), np.float32)])
+
+
+def test_seams_are_trimmed_and_pauses_inserted(tmp_path):
+    a = _decoded(tmp_path, "a", _padded(_tone(1.0, -20), 0.5, 0.8), 0)
+    b = _decoded(tmp_path, "b", _padded(_tone(1.0, -20), 0.3, 0.6), 1)
+    reqs = [Request(0, "one"), Request(1, "two", pause_before_ms=400)]
+    prog = assemble.assemble(
+        [(reqs[0], [a]), (reqs[1], [b])], tmp_path / "p.f32", sample_rate=RATE, channels=1,
+        pause_ms=250, level_speakers_to=None,
+    )
+    margins = assemble.LEAD_MARGIN_S + assemble.TAIL_MARGIN_S
+    expected = 2 * (1.0 + margins) + 0.4
+    assert prog.duration_s == pytest.approx(expected, abs=0.03)
+    first, second = prog.timeline
+    assert first.start == 0.0
+    assert second.start - first.end == pytest.approx(0.4, abs=0.001)
+    assert first.end - first.start == pytest.approx(1.0 + margins, abs=0.02)
+
+
+def test_files_of_one_request_get_the_sentence_pause(tmp_path):
+    a = _decoded(tmp_path, "a", _padded(_tone(0.5, -20), 0.2, 0.2), 0)
+    b = _decoded(tmp_path, "b", _padded(_tone(0.5, -20), 0.2, 0.2), 0)
+    prog = assemble.assemble(
+        [(Request(0, "two sentences"), [a, b])], tmp_path / "p.f32", sample_rate=RATE, channels=1,
+        pause_ms=300, level_speakers_to=None,
+    )
+    x = np.fromfile(prog.path, dtype="<f4")
+    env = np.abs(x)
+    quiet = env < 1e-4
+    # the longest run of digital silence is the 300 ms pause plus the kept margins
+    runs, best = 0, 0
+    for q in quiet:
+        runs = runs + 1 if q else 0
+        best = max(best, runs)
+    assert best / RATE == pytest.approx(0.3 + assemble.TAIL_MARGIN_S + assemble.LEAD_MARGIN_S, abs=0.025)
+
+
+def test_seams_have_no_clicks(tmp_path):
+    # a file that starts/ends at full amplitude (no silence) must still be faded at the seam
+    loud = _decoded(tmp_path, "a", np.full(RATE // 2, 0.5, np.float32), 0)
+    prog = assemble.assemble(
+        [(Request(0, "x"), [loud])], tmp_path / "p.f32", sample_rate=RATE, channels=1,
+        pause_ms=0, level_speakers_to=None,
+    )
+    x = np.fromfile(prog.path, dtype="<f4")
+    assert abs(x[0]) < 1e-3 and abs(x[-1]) < 1e-3
+    assert np.max(np.abs(np.diff(x))) < 0.5 / (assemble.FADE_S * RATE) * 2
+
+
+def test_speakers_are_leveled_to_each_other(tmp_path):
+    groups = []
+    for i in range(6):
+        speaker = "Host" if i % 2 == 0 else "Guest"
+        level = -14 if speaker == "Host" else -26  # 12 dB apart
+        d = _decoded(tmp_path, f"s{i}", _padded(_tone(1.2, level, 180 + 40 * i), 0.1, 0.1), i)
+        groups.append((Request(i, f"line {i}", speaker=speaker), [d]))
+    prog = assemble.assemble(groups, tmp_path / "p.f32", sample_rate=RATE, channels=1, pause_ms=200,
+                             level_speakers_to=-20.0)
+    x = np.fromfile(prog.path, dtype="<f4")
+    meter = pyloudnorm.Meter(RATE)
+    per_speaker = {}
+    for entry in prog.timeline:
+        seg = x[int(entry.start * RATE) : int(entry.end * RATE)]
+        per_speaker.setdefault(entry.speaker, []).append(seg)
+    levels = {k: meter.integrated_loudness(np.concatenate(v)) for k, v in per_speaker.items()}
+    assert abs(levels["Host"] - levels["Guest"]) < 1.0
+    assert levels["Host"] == pytest.approx(-20.0, abs=1.0)
+    assert prog.integrated_lufs == pytest.approx(meter.integrated_loudness(x), abs=0.3)
+
+
+def test_silent_request_is_reported(tmp_path):
+    s = _decoded(tmp_path, "s", np.zeros(RATE, np.float32), 0)
+    a = _decoded(tmp_path, "a", _tone(0.5, -20), 1)
+    prog = assemble.assemble([(Request(0, "..."), [s]), (Request(1, "hi"), [a])], tmp_path / "p.f32",
+                             sample_rate=RATE, channels=1, pause_ms=0, level_speakers_to=None)
+    assert any("#1 produced only silence" in w for w in prog.warnings)
+    assert prog.duration_s == pytest.approx(0.5, abs=0.01)

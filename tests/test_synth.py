@@ -1,0 +1,146 @@
+"""synth.run: concurrency bound, order, retries with backoff, failure naming, cancellation, stalls, cache."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from audio.cache import DiskCache
+
+from audio import synth
+from audio.errors import InvalidAudio, InvalidInput, SynthesisFailed
+from audio.model import Request, Stats
+from tests import audiogen
+
+
+def _requests(n: int) -> list[Request]:
+    return [Request(index=i, text=f"Sentence number {i} is here.", voice="v") for i in range(n)]
+
+
+class Engine:
+    """A fake provider: per-request behaviour, records calls and the peak number of concurrent calls."""
+
+    def __init__(self, fail_times: dict[int, int] | None = None, delay: float = 0.0, body: bytes | None = None):
+        self.fail_times = dict(fail_times or {})
+        self.delay = delay
+        self.body = body
+        self.calls: list[str] = []
+        self.active = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, text: str, voice: str | None):
+        idx = int(text.split()[2])
+        with self.lock:
+            self.calls.append(text)
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            time.sleep(self.delay * (1 + (idx % 3)))  # finish out of order
+            if self.fail_times.get(idx, 0) > 0:
+                self.fail_times[idx] -= 1
+                raise Exception(f"rate limited (429) on {idx}")
+            if self.body is not None:
+                yield self.body
+                return
+            data = audiogen.mp3(0.3, freq=200 + 50 * idx)
+            for i in range(0, len(data), 1024):
+                yield data[i : i + 1024]
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_results_keep_request_order_and_concurrency_bound():
+    engine = Engine(delay=0.02)
+    results = synth.run(_requests(9), engine, concurrency=3, backoff_s=0)
+    assert [r.request.index for r in results] == list(range(9))
+    assert engine.peak == 3
+    assert all(r.files and r.files[0].fmt == "mp3" for r in results)
+
+
+def test_failed_call_is_retried_and_counted():
+    engine = Engine(fail_times={2: 2})
+    stats = Stats()
+    results = synth.run(_requests(4), engine, concurrency=2, attempts=3, backoff_s=0.01, stats=stats)
+    assert len(results) == 4
+    assert results[2].attempts == 3
+    assert stats.retries == 2
+
+
+def test_call_that_always_fails_names_request_and_provider_message():
+    engine = Engine(fail_times={1: 99})
+    with pytest.raises(SynthesisFailed) as err:
+        synth.run(_requests(3), engine, concurrency=1, attempts=2, backoff_s=0)
+    text = str(err.value)
+    assert "#2" in text and "Sentence number 1" in text and "rate limited (429) on 1" in text
+    assert "2 attempt" in text
+
+
+def test_failure_stops_remaining_requests():
+    engine = Engine(fail_times={0: 99})
+    with pytest.raises(SynthesisFailed):
+        synth.run(_requests(30), engine, concurrency=1, attempts=1, backoff_s=0)
+    assert len(engine.calls) < 30
+
+
+def test_json_error_body_is_retried_then_reported_as_invalid_audio():
+    engine = Engine(body=b'{"error": {"message": "quota exceeded", "code": 429}}')
+    stats = Stats()
+    with pytest.raises(InvalidAudio) as err:
+        synth.run(_requests(1), engine, attempts=2, backoff_s=0, stats=stats)
+    assert "quota exceeded" in str(err.value) and "#1" in str(err.value)
+    assert stats.retries == 1
+
+
+def test_engine_input_errors_are_not_retried():
+    calls = []
+
+    def engine(text, voice):
+        calls.append(text)
+        raise InvalidInput("voice", "unknown voice 'x'")
+
+    with pytest.raises(InvalidInput, match="voice"):
+        synth.run(_requests(1), engine, attempts=3, backoff_s=0)
+    assert len(calls) == 1
+
+
+def test_stalled_call_fails_within_the_stall_timeout():
+    release = threading.Event()
+
+    def engine(text, voice):
+        yield audiogen.mp3(0.2)[:1024]
+        release.wait(30)  # never sends the rest
+        yield b""
+
+    t0 = time.monotonic()
+    with pytest.raises(SynthesisFailed, match="stalled"):
+        synth.run(_requests(1), engine, stall_timeout_s=0.6, attempts=1)
+    assert time.monotonic() - t0 < 10
+    release.set()
+
+
+def test_non_bytes_chunk_is_an_error():
+    def engine(text, voice):
+        yield "not bytes"
+
+    with pytest.raises(SynthesisFailed, match="expected bytes"):
+        synth.run(_requests(1), engine, attempts=1)
+
+
+def test_cache_hits_skip_synthesis_and_keep_audio(tmp_path):
+    cache = DiskCache(tmp_path / "cache")
+    first = Engine()
+    stats1 = Stats()
+    r1 = synth.run(_requests(3), first, cache=cache, namespace="eng/model", stats=stats1)
+    assert stats1.cache_misses == 3 and stats1.cache_hits == 0
+    second = Engine()
+    stats2 = Stats()
+    r2 = synth.run(_requests(3), second, cache=cache, namespace="eng/model", stats=stats2)
+    assert second.calls == []
+    assert stats2.cache_hits == 3
+    assert [f.data for r in r1 for f in r.files] == [f.data for r in r2 for f in r.files]
+    third = Engine()
+    synth.run(_requests(3), third, cache=cache, namespace="other/model")
+    assert len(third.calls) == 3
