@@ -50,9 +50,7 @@ class CacheCorrupt(ValueError):
 
 def cache_key(namespace: str, voice: str | None, text: str) -> str:
     """sha256 hex of the canonical JSON `[version, namespace, voice, text]` (64 characters)."""
-    canonical = json.dumps(
-        [CACHE_FORMAT_VERSION, namespace, voice, text], ensure_ascii=False, separators=(",", ":")
-    )
+    canonical = json.dumps([CACHE_FORMAT_VERSION, namespace, voice, text], ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
