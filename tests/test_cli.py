@@ -1,0 +1,325 @@
+"""`python -m audio` driven as a user would: subprocesses, exit codes, stderr lines, the files it writes.
+
+The end-to-end narrate tests run the whole pipeline with the embedded engine and check the result
+independently of the pipeline's own measurements (ffmpeg decode + pyloudnorm, mutagen headers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audio import cli, ffmpeg
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run_cli(*args: str | os.PathLike[str], stdin: bytes | None = None, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env.setdefault("XDG_CACHE_HOME", str(ROOT / ".pytest_cache" / "cli-xdg"))  # never the user's cache
+    proc = subprocess.run(
+        [sys.executable, "-m", "audio", *map(str, args)],
+        input=stdin if stdin is not None else b"",
+        capture_output=True,
+        cwd=ROOT,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+    )
+
+
+def decode(path: Path, fmt: str) -> tuple[np.ndarray, int, str]:
+    """Samples (frames × channels, float32), sample rate, and ffmpeg's error-level log of the decode."""
+    probe = ffmpeg.run(["-v", "error", *ffmpeg.input_args(path, fmt), "-f", "null", "-"])
+    header = ffmpeg.run([*ffmpeg.input_args(path, fmt), "-t", "0", "-f", "null", "-"]).stderr
+    m = re.search(r"Audio: [^,]+, (\d+) Hz, (mono|stereo)", header)
+    assert m, header
+    rate, channels = int(m.group(1)), 1 if m.group(2) == "mono" else 2
+    raw = ffmpeg.run([*ffmpeg.input_args(path, fmt), "-f", "f32le", "-"]).stdout
+    return np.frombuffer(raw, dtype=np.float32).reshape(-1, channels), rate, probe.stderr
+
+
+def integrated_lufs(samples: np.ndarray, rate: int) -> float:
+    pyloudnorm = pytest.importorskip("pyloudnorm")
+    return float(pyloudnorm.Meter(rate).integrated_loudness(samples.astype(np.float64)))
+
+
+def header_duration(path: Path) -> float:
+    import mutagen
+
+    return float(mutagen.File(path).info.length)
+
+
+def parse_srt(text: str) -> list[tuple[float, float, str]]:
+    def secs(stamp: str) -> float:
+        h, m, rest = stamp.replace(",", ".").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(rest)
+
+    cues = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        lines = block.splitlines()
+        assert lines[0].strip().isdigit(), block
+        start, end = (s.strip() for s in lines[1].split("-->"))
+        cues.append((secs(start), secs(end), " ".join(lines[2:])))
+    return cues
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- voices
+
+
+def test_voices_lists_the_embedded_voices():
+    proc = run_cli("voices")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) >= 4
+    names = [line.split()[0] for line in lines]
+    assert {"en-us", "en-gb", "en-gb+f3"} <= set(names)
+    assert "(default)" in lines[0]
+    as_json = json.loads(run_cli("voices", "--json").stdout)
+    assert [v["name"] for v in as_json] == names
+    assert all(v["language"] and v["description"] for v in as_json)
+
+
+# ------------------------------------------------------------------------------------- option errors
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--format", "xyz"], "--format"),
+        (["--loudness", "loud"], "--loudness"),
+        (["--loudness", "-60"], "--loudness"),
+        (["--bitrate", "7"], "--bitrate"),
+        (["--concurrency", "99"], "--concurrency"),
+        (["--sample-rate", "12345"], "--sample-rate"),
+        (["--channels", "quad"], "--channels"),
+        (["--pause-ms", "-5"], "--pause-ms"),
+        (["--max-chars-per-request", "10"], "--max-chars-per-request"),
+        (["--subtitles", "ass"], "--subtitles"),
+        (["--max-output-mb", "1000"], "--max-output-mb"),
+        (["--voice", "alloy"], "--voice"),
+        (["--speakers", "Host=alloy"], "--speakers"),
+        (["--speakers", "Host"], "--speakers"),
+        (["--pause-ms"], "--pause-ms"),  # argparse: missing value
+    ],
+)
+def test_bad_option_is_one_line_naming_it(tmp_path, args, needle):
+    text = tmp_path / "in.txt"
+    text.write_text("Hello there.")
+    line = assert_one_error_line(run_cli("narrate", text, "-o", tmp_path / "out.mp3", *args), needle)
+    if args[0] == "--voice":
+        assert "available: en-us" in line
+    assert not (tmp_path / "out.mp3").exists()
+
+
+def test_missing_input_file(tmp_path):
+    assert_one_error_line(run_cli("narrate", tmp_path / "nope.md", "-o", tmp_path / "o.mp3"), "INPUT", "nope.md")
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n\n\t \n"])
+def test_empty_input_file_and_stdin(tmp_path, content):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(content)
+    assert_one_error_line(run_cli("narrate", empty, "-o", tmp_path / "o.mp3"), "INPUT", "empty")
+    assert_one_error_line(run_cli("narrate", "-", "-o", tmp_path / "o.mp3", stdin=content), "INPUT", "empty")
+
+
+def test_not_utf8_and_bad_output_directory(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe\x00caf\xe9")
+    assert_one_error_line(run_cli("narrate", bad, "-o", tmp_path / "o.mp3"), "INPUT", "UTF-8")
+    good = tmp_path / "good.txt"
+    good.write_text("Hello.")
+    assert_one_error_line(run_cli("narrate", good, "-o", tmp_path / "missing" / "o.mp3"), "-o/--output")
+
+
+def test_argparse_errors_are_one_line_too(tmp_path):
+    assert_one_error_line(run_cli("narrate", tmp_path / "x.txt"), "-o/--output")
+    assert_one_error_line(run_cli("speak"), "invalid choice")
+    proc = run_cli()
+    assert proc.returncode == 2 and "narrate" in proc.stderr
+
+
+def test_inspect_missing_file_and_non_audio(tmp_path):
+    assert_one_error_line(run_cli("inspect", tmp_path / "none.mp3"), "FILE")
+    junk = tmp_path / "junk.mp3"
+    junk.write_text("this is not audio at all")
+    assert_one_error_line(run_cli("inspect", junk), code=1)
+
+
+def test_ctrl_c_exits_130_without_traceback(tmp_path):
+    """SIGINT while the CLI waits on stdin (no pipeline involved)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for delay in (1.0, 3.0):  # the signal must arrive after the interpreter is up
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "audio", "narrate", "-", "-o", str(tmp_path / "o.mp3")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        if proc.returncode != -signal.SIGINT:
+            break
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err and err.strip() == b"interrupted"
+
+
+# ------------------------------------------------------------------------------------ in-process units
+
+
+def test_speakers_get_distinct_voices_in_a_fixed_order():
+    order = ("en-us", "en-gb+f3", "en-us+m3")
+    assert cli.assign_speakers(["Host", "Guest"], {}, None, order) == {"host": "en-us", "guest": "en-gb+f3"}
+    # --voice goes first; voices already given are skipped; given speakers are kept
+    assert cli.assign_speakers(["Host", "Guest", "Ann"], {"guest": "en-us"}, "en-us+m3", order) == {
+        "host": "en-us+m3",
+        "ann": "en-gb+f3",
+    }
+    assert cli.assign_speakers(["A", "B"], {"*": "de"}, None, order) == {}
+    assert cli.assign_speakers(["A", "B", "C", "D"], {}, None, order)["d"] == "en-us"  # wraps around
+
+
+def test_numeric_defaults_match_the_pipeline_job():
+    from audio import pipeline
+    from audio.model import EncodeOptions
+
+    fields = pipeline.Job.__dataclass_fields__
+    for name in ("pause_ms", "paragraph_pause_ms", "max_chars_per_request", "concurrency"):
+        assert cli.DEFAULTS[name] == fields[name].default, name
+    assert cli.DEFAULTS["max_output_mb"] * 2**20 == EncodeOptions().max_bytes
+
+
+def test_parser_mirrors_the_tool_parameters():
+    args = cli.build_parser().parse_args(
+        ["narrate", "in.md", "-o", "o.mp3", "--loudness", "-20", "--no-chapters", "--no-cache", "--stats"]
+    )
+    assert args.loudness == "-20" and args.chapters is False and args.no_cache and args.stats
+    assert cli.build_parser().parse_args(["narrate", "in.md", "-o", "o.mp3"]).chapters is None
+
+
+# ------------------------------------------------------------------------ end to end (needs the pipeline)
+
+
+def check_programme(path: Path, fmt: str, *, min_s: float, max_s: float, lufs: float = -16.0) -> float:
+    samples, rate, errors = decode(path, fmt)
+    assert errors.strip() == "", f"decoder errors: {errors}"
+    duration = len(samples) / rate
+    assert min_s < duration < max_s, duration
+    assert integrated_lufs(samples, rate) == pytest.approx(lufs, abs=1.0)
+    return duration
+
+
+def test_chatbot_reply_to_mp3_with_stats_and_cache(tmp_path):
+    out = tmp_path / "reply.mp3"
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    started = time.monotonic()
+    proc = run_cli("narrate", EXAMPLES / "chatbot_reply.txt", "-o", out, "--stats", env=env)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "wrote" in proc.stderr
+    stats = json.loads(proc.stdout)
+    assert stats["format"] == "mp3" and stats["size_bytes"] == out.stat().st_size
+    duration = check_programme(out, "mp3", min_s=5, max_s=30)
+    assert stats["duration_s"] == pytest.approx(duration, abs=0.1)
+    assert header_duration(out) == pytest.approx(duration, abs=0.1)  # Xing header tells the truth
+    assert stats["cache_misses"] == stats["requests"] >= 1 and stats["cache_hits"] == 0
+    assert elapsed < 60
+    # the default cache dir (under XDG_CACHE_HOME) makes a second run hit every request
+    again = run_cli("narrate", EXAMPLES / "chatbot_reply.txt", "-o", tmp_path / "again.mp3", "--stats", env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["cache_hits"] == stats["requests"]
+    assert any((tmp_path / "xdg" / "tts-pipeline").rglob("*.ttsc"))
+
+
+def test_stdin_to_wav_by_extension_and_quiet(tmp_path):
+    out = tmp_path / "short.wav"
+    proc = run_cli("narrate", "-", "-o", out, "--quiet", "--no-cache", stdin=b"Short and sweet. Two sentences.")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert out.read_bytes()[:4] == b"RIFF"
+    check_programme(out, "wav", min_s=1, max_s=10)
+
+
+@pytest.fixture(scope="module")
+def podcast(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("podcast")
+    out = tmp / "podcast.mp3"
+    started = time.monotonic()
+    proc = run_cli("narrate", EXAMPLES / "podcast.md", "-o", out, "--subtitles", "srt", "--stats", "--no-cache",
+                   "--title", "Tidy Audio")
+    return proc, out, time.monotonic() - started
+
+
+def test_podcast_demo(podcast):
+    proc, out, elapsed = podcast
+    assert proc.returncode == 0, proc.stderr
+    # no --speakers: the embedded voices are handed out in a fixed order, and the mapping is shown
+    assert "speakers: Host=en-us; Guest=en-gb+f3" in proc.stderr
+    stats = json.loads(proc.stdout)
+    assert stats["speakers"] == {"host": "en-us", "guest": "en-gb+f3"}
+    duration = check_programme(out, "mp3", min_s=45, max_s=240)
+    assert header_duration(out) == pytest.approx(duration, abs=0.1)
+    titles = [c["title"] for c in stats["chapters"]]
+    assert titles[-3:] == ["Why one file matters", "How the pipeline works", "What comes next"]
+    assert {t["voice"] for t in stats["timeline"]} == {"en-us", "en-gb+f3"}
+    assert elapsed < 120
+
+
+def test_podcast_subtitles_and_inspect(podcast):
+    proc, out, _ = podcast
+    assert proc.returncode == 0, proc.stderr
+    srt = out.with_suffix(".srt")
+    cues = parse_srt(srt.read_text(encoding="utf-8"))
+    assert len(cues) >= 10
+    assert all(a <= b for a, b, _ in cues)
+    assert all(cues[i][1] <= cues[i + 1][0] + 1e-3 for i in range(len(cues) - 1))
+    assert any("Tidy Audio" in text for _, _, text in cues)
+    assert cues[-1][1] <= header_duration(out) + 0.5
+
+    shown = run_cli("inspect", out)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^duration:\s+\d+\.\d+ s", shown.stdout, re.M)
+    assert re.search(r"^loudness:\s+-1[5-7]\.\d LUFS", shown.stdout, re.M)
+    assert re.search(r"^decoder errors:\s+0$", shown.stdout, re.M)
+    assert re.search(r"^title:\s+Tidy Audio$", shown.stdout, re.M)
+    data = json.loads(run_cli("inspect", out, "--json").stdout)
+    assert data["decode_errors"] == 0 and data["integrated_lufs"] == pytest.approx(-16, abs=1)
+    assert data["header_duration_s"] == pytest.approx(data["duration_s"], abs=0.1)
+
+
+def test_article_to_ogg_with_vtt_at_concurrency_2(tmp_path):
+    out = tmp_path / "article.ogg"
+    proc = run_cli("narrate", EXAMPLES / "article.md", "-o", out, "--concurrency", "2", "--subtitles", "vtt",
+                   "--loudness", "streaming", "--no-cache", "--stats")
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)
+    assert stats["format"] == "ogg"
+    check_programme(out, "ogg", min_s=6 * 60, max_s=16 * 60, lufs=-14.0)
+    vtt = out.with_suffix(".vtt").read_text(encoding="utf-8")
+    assert vtt.startswith("WEBVTT")
+    assert len(stats["chapters"]) >= 6
