@@ -414,7 +414,7 @@ def header_info(path: Path) -> tuple[str | None, float | None, dict[str, str]]:
             value = None
         if value:
             tags[key] = value[0] if isinstance(value, list) else str(value)
-    return type(f).__name__, (float(length) if length else None), tags
+    return type(f).__name__.removeprefix("Easy"), (float(length) if length else None), tags
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -189,6 +189,23 @@ def test_ctrl_c_exits_130_without_traceback(tmp_path):
     assert b"Traceback" not in err and err.strip() == b"interrupted"
 
 
+def test_inspect_a_single_engine_file(tmp_path):
+    from audio.engine import EspeakEngine
+
+    data = b"".join(EspeakEngine()("Inspect this file, please.", "en-gb"))
+    mp3 = tmp_path / "one.mp3"
+    mp3.write_bytes(data)  # one sentence = one complete mp3 file
+    proc = run_cli("inspect", mp3)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^duration:\s+[0-9.]+ s \(decoded\)$", proc.stdout, re.M)
+    assert re.search(r"^header duration:\s+[0-9.]+ s$", proc.stdout, re.M)
+    assert re.search(r"^loudness:\s+-[0-9.]+ LUFS integrated$", proc.stdout, re.M)
+    assert re.search(r"^sample rate:\s+22050 Hz$", proc.stdout, re.M)
+    data = json.loads(run_cli("inspect", mp3, "--json").stdout)
+    assert data["container"] == "MP3" and data["decode_errors"] == 0 and data["channels"] == 1
+    assert 0.5 < data["duration_s"] < 5 and data["header_duration_s"] == pytest.approx(data["duration_s"], abs=0.1)
+
+
 # ------------------------------------------------------------------------------------ in-process units
 
 
