@@ -231,6 +231,23 @@ def test_numeric_defaults_match_the_pipeline_job():
     assert cli.DEFAULTS["max_output_mb"] * 2**20 == EncodeOptions().max_bytes
 
 
+def test_progress_bar_draws_one_line_per_stage():
+    import io
+
+    stream = io.StringIO()
+    bar = cli.ProgressBar(stream)
+    for done in range(4):
+        bar("synthesize", done, 3)
+    bar("decode", 3, 3)
+    bar("master", 0, 1)
+    bar("master", 1, 1)
+    bar.close()
+    lines = stream.getvalue().split("\n")
+    assert [line.rsplit("\r", 1)[-1].split()[0] for line in lines if line] == ["synthesize", "decode", "master"]
+    assert "3/3" in lines[0].rsplit("\r", 1)[-1] and "1/1" in lines[2]
+    assert stream.getvalue().endswith("\n")
+
+
 def test_parser_mirrors_the_tool_parameters():
     args = cli.build_parser().parse_args(
         ["narrate", "in.md", "-o", "o.mp3", "--loudness", "-20", "--no-chapters", "--no-cache", "--stats"]
