@@ -49,8 +49,8 @@ class IgnoreRules:
             if negate:
                 line = line[1:]
             dir_only = line.endswith("/")
-            line = line.strip("/") if dir_only else line
-            anchored = "/" in line.lstrip("/") or line.startswith("/")
+            line = line.rstrip("/")
+            anchored = "/" in line  # a leading or inner slash anchors the pattern at the root
             body = _glob_to_regex(line.lstrip("/"))
             pattern = f"^{body}$" if anchored else f"^(?:.*/)?{body}$"
             self.rules.append(Rule(re.compile(pattern), negate, dir_only))

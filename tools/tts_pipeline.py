@@ -6,8 +6,8 @@ model chosen in the model selector, and turns the `Result` — or a `PipelineErr
 user sees. Nothing here touches audio bytes.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: the SDK's class loader executes this file without registering
+# it in sys.modules, and @dataclass resolves string annotations through sys.modules (AttributeError at startup).
 import json
 import logging
 import re
