@@ -186,12 +186,19 @@ def resolve_voice(explicit: Any, selector_voice: str | None) -> tuple[str | None
 def sanitize_filename(value: Any) -> str:
     """A safe base name: no path separators, control or format characters, leading dots; ≤ 100 chars."""
     name = unicodedata.normalize("NFC", "" if value is None else str(value))
-    name = "".join(ch for ch in name if not unicodedata.category(ch).startswith(("C", "Zl", "Zp")))
+    name = "".join(_filename_char(ch) for ch in name)
     name = " ".join(_UNSAFE_FILENAME.sub("_", name).split())
     if name.lower().endswith(_KNOWN_EXTENSIONS):
         name = name.rsplit(".", 1)[0]
     name = name.lstrip(" ._-")[:MAX_FILENAME_CHARS].rstrip(" .")
     return name or DEFAULT_FILENAME
+
+
+def _filename_char(ch: str) -> str:
+    category = unicodedata.category(ch)
+    if category in ("Cc", "Zl", "Zp", "Zs"):  # control characters and line breaks become spaces
+        return " "
+    return "" if category.startswith("C") else ch  # format (e.g. bidi overrides), surrogates, unassigned
 
 
 def _tag(value: Any) -> str | None:
