@@ -218,7 +218,11 @@ class _Protect:
     def restore(self, text: str) -> str:
         if not self.items:
             return text
-        return _PH_RE.sub(lambda m: self.items[ord(m[0]) - _PH_BASE], text)
+        for _ in range(3):  # a protected URL may itself hold a protected escape
+            if not _PH_RE.search(text):
+                break
+            text = _PH_RE.sub(lambda m: self.items[ord(m[0]) - _PH_BASE], text)
+        return _PH_RE.sub("", text)
 
 
 def _star_run(m: re.Match[str]) -> str:
@@ -685,16 +689,18 @@ def _label(line: str) -> tuple[str, str, str] | None:
 # Planning
 
 
-class _Ticker:
-    """time.sleep(0) at most every `every` seconds: yields to other greenlets under gevent."""
+_YIELD_EVERY_S = 0.005
 
-    def __init__(self, every: float = 0.005) -> None:
-        self.every = every
+
+class _Ticker:
+    """time.sleep(0) at most every _YIELD_EVERY_S: yields to other greenlets under gevent, ~free otherwise."""
+
+    def __init__(self) -> None:
         self.last = time.perf_counter()
 
     def __call__(self) -> None:
         now = time.perf_counter()
-        if now - self.last >= self.every:
+        if now - self.last >= _YIELD_EVERY_S:
             time.sleep(0)
             self.last = time.perf_counter()
 
@@ -830,7 +836,7 @@ def plan(
     text = "\n".join(text.splitlines())
     text = _PRIVATE_RE.sub("", _JUNK_RE.sub("", text))
     if not text.strip():
-        raise InvalidInput("text", "is empty")
+        raise InvalidInput("text", "is empty: there is nothing to read aloud")
     text = _strip_html_blocks(text)
     if all(_indent(line) >= 4 for line in text.split("\n") if line.strip()):
         text = textwrap.dedent(text.expandtabs(4))
@@ -880,12 +886,13 @@ def plan(
             if ev.text:
                 units.append((ev.text, False))
         else:
-            line = ev.line if ev.kind == "label" else ev.text
-            if ev.item or not units or (ev.start and ev.kind == "label"):
-                units.append((line, ev.item))
+            if ev.kind == "label":  # a `Name:` line that is not a label: its own unit, like a list item
+                units.append((ev.line, True))
+            elif ev.item or not units:
+                units.append((ev.text, ev.item))
             else:
                 raw, is_item = units[-1]
-                units[-1] = (f"{raw} {line}", is_item)
+                units[-1] = (f"{raw} {ev.text}", is_item)
     flush()
 
     if not builder.out:
