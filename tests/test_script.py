@@ -229,7 +229,9 @@ def test_only_code_error_mentions_what_was_skipped():
 
 
 def test_pause_tags_end_the_request_and_add_silence():
-    p = plan('One [pause 1.5s] two [pause 500ms] three [pause 2] four <break time="750ms"/> five <break time="1s"/> six.')
+    p = plan(
+        'One [pause 1.5s] two [pause 500ms] three [pause 2] four <break time="750ms"/> five <break time="1s"/> six.'
+    )
     assert texts(p) == ["One", "two", "three", "four", "five", "six."]
     assert [r.pause_before_ms for r in p.requests] == [0, 1800, 800, 2300, 1050, 1300]
 
@@ -323,7 +325,14 @@ def test_quotes_stay_with_their_sentence():
 
 
 def test_cjk_sentences():
-    assert split("你好。我很好！你呢？「是的。」他说；好的") == ["你好。", "我很好！", "你呢？", "「是的。」", "他说；", "好的"]
+    assert split("你好。我很好！你呢？「是的。」他说；好的") == [
+        "你好。",
+        "我很好！",
+        "你呢？",
+        "「是的。」",
+        "他说；",
+        "好的",
+    ]
 
 
 def test_cjk_packing_keeps_no_spaces():
@@ -340,7 +349,11 @@ def test_greedy_packing_respects_max_chars():
 def test_long_sentence_splits_at_clause_boundary():
     sentence = "This opening clause is fairly long, and this second clause is also long; the third ends it."
     p = plan(sentence, max_chars=50)
-    assert texts(p) == ["This opening clause is fairly long,", "and this second clause is also long;", "the third ends it."]
+    assert texts(p) == [
+        "This opening clause is fairly long,",
+        "and this second clause is also long;",
+        "the third ends it.",
+    ]
 
 
 def test_long_sentence_without_clauses_splits_at_a_space():
@@ -476,11 +489,63 @@ def test_property_cuts_only_at_grapheme_boundaries(clusters, max_chars):
 
 
 FRAGMENTS = [
-    "Host: ", "[Guest] ", "**Host:** ", "# ", "## Title\n", "\n", "\n\n", "```", "~~~", "    ", "> ", "- ", "1. ",
-    "|", "|---|", "*", "**", "_", "~~", "`", "[", "]", "(", ")", "[link](http://a.b)", "![img](x.png)",
-    "https://example.com/x", "<b>", "</b>", "<break time=\"300ms\"/>", "[pause 1s]", "[pause 2]", "<!--", "-->",
-    "&amp;", "&#0;", "\u200d", "\u0301", FAMILY, FLAG, "。", "你好", "...", "Dr.", " e.g. ", "3.14", "\\", "---",
-    "===", "<speak>", "[^1]", "[x]: http://y.z", "\r\n", "\x00", "\ud800", "\U000f0001", "\U0010fffd",
+    "Host: ",
+    "[Guest] ",
+    "**Host:** ",
+    "# ",
+    "## Title\n",
+    "\n",
+    "\n\n",
+    "```",
+    "~~~",
+    "    ",
+    "> ",
+    "- ",
+    "1. ",
+    "|",
+    "|---|",
+    "*",
+    "**",
+    "_",
+    "~~",
+    "`",
+    "[",
+    "]",
+    "(",
+    ")",
+    "[link](http://a.b)",
+    "![img](x.png)",
+    "https://example.com/x",
+    "<b>",
+    "</b>",
+    '<break time="300ms"/>',
+    "[pause 1s]",
+    "[pause 2]",
+    "<!--",
+    "-->",
+    "&amp;",
+    "&#0;",
+    "\u200d",
+    "\u0301",
+    FAMILY,
+    FLAG,
+    "。",
+    "你好",
+    "...",
+    "Dr.",
+    " e.g. ",
+    "3.14",
+    "\\",
+    "---",
+    "===",
+    "<speak>",
+    "[^1]",
+    "[x]: http://y.z",
+    "\r\n",
+    "\x00",
+    "\ud800",
+    "\U000f0001",
+    "\U0010fffd",
 ]
 
 
