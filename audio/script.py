@@ -793,6 +793,8 @@ class _Builder:
                     self.extra += item.ms
                 continue
             text, space = item
+            if space and buf and _continuous_script(ord(buf[-1][-1])) and _continuous_script(ord(text[0])):
+                space = False  # CJK list items / lines: no space between them
             add = len(text) + (1 if space and buf else 0)
             if buf and (self.sentence_per_request or size + add > self.max_chars):
                 flush()

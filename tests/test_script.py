@@ -337,6 +337,7 @@ def test_cjk_sentences():
 
 def test_cjk_packing_keeps_no_spaces():
     assert texts(plan("你好。我很好！你呢？")) == ["你好。我很好！你呢？"]
+    assert texts(plan("- 项目一\n- 项目二")) == ["项目一。项目二。"]
 
 
 def test_greedy_packing_respects_max_chars():
