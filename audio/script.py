@@ -11,7 +11,8 @@ Speaker labels (only at the start of a line, after an optional blockquote `>`):
       - Name is a key of the `speakers` mapping (case-insensitive), or
       - the text reads as a colon script: at least 2 such lines with at least 2 different names, and those lines
         start at least half of the text's paragraphs (this keeps "Note: …" or "**Pros:** …" in an ordinary
-        document from being taken for speakers). Then every such line is a label.
+        document from being taken for speakers). Then every such line is a label. A `Name:` line that is not a
+        label is read as written, as its own sentence (a "." is added if it ends without punctuation).
   * Lines after a label without one continue the turn, across blank lines, until the next label or a heading.
   * A turn with no words in it (e.g. a `[Music]` cue) is ignored.
 Voices: a labelled turn uses speakers[name] → speakers["*"] → if a mapping was given, `InvalidInput("speakers")`
@@ -32,8 +33,11 @@ Pauses: `[pause 1.5s]`, `[pause 500ms]`, `[pause 2]` (seconds), `[pause]` (= par
 current request and add to the next request's pause_before_ms. One tag above max_pause_ms → InvalidInput("text");
 the total before one request is capped at max_pause_ms. Pauses before the first or after the last request are
 dropped (the first request always has 0).
-pause_before_ms: pause_ms within a paragraph, paragraph_pause_ms at blank lines, list/quote/table boundaries and
-speaker turns, 2 × paragraph_pause_ms before a heading.
+pause_before_ms: pause_ms within a paragraph (list items of one list are one paragraph), paragraph_pause_ms at
+blank lines, skipped code blocks/tables, horizontal rules and speaker labels, 2 × paragraph_pause_ms before a
+heading (all capped at max_pause_ms).
+
+Whitespace: a single newline joins lines (markdown soft break); any run of whitespace becomes one space.
 
 Splitting: hand-written rules, one linear regex pass per paragraph. Sentences end at . ! ? … (+ Devanagari and
 Arabic full stops) followed by a space, or at CJK 。！？；; closing quotes/brackets stay with the sentence. Not an
