@@ -374,3 +374,8 @@ def test_other_synthesis_errors_get_no_voice_hint(monkeypatch):
     with pytest.raises(SynthesisFailed) as info:
         run_tool(monkeypatch, params(), failure)
     assert "rate limit exceeded" in str(info.value) and "`voice`" not in str(info.value)
+
+
+def test_unexpected_errors_are_reported_as_internal(monkeypatch):
+    with pytest.raises(RuntimeError, match=r"^tts-pipeline internal error \(KeyError: 'x'\)"):
+        run_tool(monkeypatch, params(), KeyError("x"))

@@ -75,6 +75,11 @@ class TtsPipelineTool(Tool):
             logger.warning("failed: %s", err)
             err.args = (user_message(err, call),)
             raise
+        except Exception as err:  # a bug, not the user's input or the provider: say so plainly
+            logger.exception("internal error")
+            raise RuntimeError(
+                f"tts-pipeline internal error ({type(err).__name__}: {err}). Please report it with the plugin's log."
+            ) from err
         # Only now, with every part synthesized and mastered, does anything reach the user.
         yield self.create_blob_message(
             result.data, meta={"mime_type": result.mime_type, "filename": call.filename + result.extension}
