@@ -360,6 +360,7 @@ def _ape_size(buf: bytes, p: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _StreamInfo:
+    min_block: int
     max_block: int
     max_frame: int
     rate: int
@@ -369,9 +370,10 @@ class _StreamInfo:
 
 
 def _streaminfo(si: bytes) -> _StreamInfo:
-    _min_block, max_block = struct.unpack_from(">HH", si)
+    min_block, max_block = struct.unpack_from(">HH", si)
     packed = int.from_bytes(si[10:18], "big")
     return _StreamInfo(
+        min_block=min_block,
         max_block=max_block,
         max_frame=int.from_bytes(si[7:10], "big"),
         rate=packed >> 44,
@@ -502,12 +504,6 @@ class _Cut:
     tail: bytes = b""
     notes: list[str] = field(default_factory=list)
 
-    def drop_partial(self, at: int, n: int, what: str = "a partial final frame") -> tuple[_Cut, int]:
-        self.end = at
-        self.truncated = True
-        self.notes.append(f"dropped {n - at} bytes of {what}")
-        return self, n
-
     def to_audio_file(self, buf: bytes, call_index: int, file_index: int) -> AudioFile:
         if self.head or self.tail:
             data = b"".join((self.head, memoryview(buf)[self.start : self.end], self.tail))
@@ -596,14 +592,25 @@ class _Splitter:
         return self.n
 
     def _garbage(self, pos: int) -> InvalidAudio:
+        body = self._text_tail(max(0, pos - 4096), self.n)  # an error body whose start looked like a frame
+        if body is not None and body < pos:
+            pos = body
         rest = self.buf[pos : pos + 4096]
         return InvalidAudio(
             self.call,
-            f"the audio is followed by data that is not audio: {self.n - pos} bytes from byte {pos} of {self.n} "
-            f"(after {len(self.cuts)} complete file(s)); refusing to cut them off silently",
+            f"the audio is followed by {self.n - pos} bytes that are not audio (from byte {pos} of {self.n}); "
+            "they are rejected rather than cut off silently",
             sniffed=sniff(rest),
             preview=printable_preview(rest),
         )
+
+    def _drop(self, cut: _Cut, at: int, end: int, what: str = "a partial final frame") -> tuple[_Cut, int]:
+        """The file's last frame/page/tag, from `at` to `end`, is incomplete: keep the file up to `at`."""
+        self._reject_text_tail(at, end)  # unless it hides an error body appended after a cut-off frame
+        cut.end = at
+        cut.truncated = True
+        cut.notes.append(f"dropped {end - at} bytes of {what}")
+        return cut, end
 
     def _bad(self, fmt: str, message: str) -> InvalidAudio:
         return InvalidAudio(self.call, message, sniffed=fmt)
@@ -630,7 +637,7 @@ class _Splitter:
                 break  # the next file starts here
             end = p + frame.length
             if end > n:
-                return cut.drop_partial(p, n)
+                return self._drop(cut, p, n)
             cut.audio = cut.audio or not vbr_header
             p = end
         return self._trailing_tags(cut, p)
@@ -646,7 +653,7 @@ class _Splitter:
             if rate != cut.sample_rate or channels != cut.channels:
                 break
             if p + length > n:
-                return cut.drop_partial(p, n)
+                return self._drop(cut, p, n)
             cut.audio = True
             p += length
         return self._trailing_tags(cut, p)
@@ -663,7 +670,7 @@ class _Splitter:
             else:
                 break
             if p + size > n:
-                return cut.drop_partial(p, n, "an incomplete tag")
+                return self._drop(cut, p, n, "an incomplete tag")
             p += size
             cut.end = p
         return cut, p
@@ -790,8 +797,16 @@ class _Splitter:
         return p
 
     def _reject_text_tail(self, a: int, b: int) -> None:
-        """Samples of a streamed WAV run to the end of the call; an error body (JSON/HTML/XML) appended there
-        would be played as noise, so look for one in the last 64 KiB."""
+        """Raise if buf[a:b] ends with an error body (see `_text_tail`)."""
+        found = self._text_tail(a, b)
+        if found is not None:
+            raise self._garbage(found)
+
+    def _text_tail(self, a: int, b: int) -> int | None:
+        """Where a JSON/HTML/XML error body that ends buf[a:b] starts (searched in the last 64 KiB), if any.
+
+        Streamed WAV samples and a cut-off last frame are opaque bytes: this is what tells a provider's error
+        body appended to them from audio."""
         lo = max(a, b - 65536)
         seg = self.buf[lo:b]
         end = seg.rstrip()
@@ -803,13 +818,14 @@ class _Splitter:
                     json.loads(seg[m.start() :].decode("utf-8"))
                 except ValueError:  # UnicodeDecodeError is a ValueError
                     continue
-                raise self._garbage(lo + m.start())
+                return lo + m.start()
         if end.endswith(b">") and (m := _MARKUP_START.search(seg)):
             try:
                 seg[m.start() :].decode("utf-8")
             except UnicodeDecodeError:
-                return
-            raise self._garbage(lo + m.start())
+                return None
+            return lo + m.start()
+        return None
 
     # -- Ogg ----------------------------------------------------------------------------------------------
 
@@ -822,7 +838,7 @@ class _Splitter:
         p = body
         while p < n and buf.startswith(b"OggS", p):
             if p + 27 > n or p + 27 + buf[p + 26] > n:
-                return cut.drop_partial(p, n, "a partial final Ogg page")
+                return self._drop(cut, p, n, "a partial final Ogg page")
             if buf[p + 4] != 0:
                 break
             flags = buf[p + 5]
@@ -831,7 +847,7 @@ class _Splitter:
             segments = p + 27 + buf[p + 26]
             end = segments + sum(buf[p + 27 : segments])
             if end > n:
-                return cut.drop_partial(p, n, "a partial final Ogg page")
+                return self._drop(cut, p, n, "a partial final Ogg page")
             if flags & 2:  # beginning of a logical stream
                 if data_pages:
                     break  # a chained stream: the next file
@@ -894,7 +910,7 @@ class _Splitter:
         header = _flac_frame(buf, p, limit, info)
         if header is None or header[1] != 0:
             if limit == n and n - p < 16:
-                return cut.drop_partial(p, n)
+                return self._drop(cut, p, n)
             raise self._garbage(p)
         # Frames carry no length: find each next header (sync, CRC-8, consecutive number) after the last one.
         last, last_header, index, samples = p, header, 0, 0
@@ -929,14 +945,16 @@ class _Splitter:
                 cut.truncated = True
                 cut.notes.append(f"the FLAC header announces {info.total} samples but only {samples} arrived")
             return cut, end
-        final = bool(info.total) and samples >= info.total  # the last frame is complete: garbage follows it
+        # Is the last frame the file's final one? Then it is complete and whatever follows it is garbage. Known
+        # from the total in STREAMINFO or, in a fixed-blocksize stream, from a block shorter than the others.
+        fixed = not header[2] and info.min_block == info.max_block
+        final = samples >= info.total if info.total else fixed and header[0] < info.max_block
         if ends and (final or _text_kind(self.buf[ends[0] : ends[0] + 4096])):
             raise self._garbage(ends[0])
         if limit - last > cap:
             raise self._garbage(ends[0] if ends else last + cap)
         cut.audio = index > 0
-        cut.drop_partial(last, limit)
-        return cut, limit
+        return self._drop(cut, last, limit)
 
     def _next_flac(self, a: int) -> int:
         """Start of the next `fLaC` + STREAMINFO block header after `a`, or the end."""

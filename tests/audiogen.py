@@ -135,9 +135,13 @@ def wav_chunks(data: bytes) -> dict[str, tuple[int, int]]:
 
 def decode(data: bytes, fmt: str, rate: int, channels: int) -> tuple[np.ndarray, str]:
     """Decode with ffmpeg (forced demuxer `fmt`) to float32 frames × channels at `rate`; also ffmpeg's
-    error output (empty when the decoder reported nothing)."""
-    args = ["-v", "error", *ffmpeg.input_args("pipe:0", fmt), "-f", "f32le", "-ac", str(channels), "-ar", str(rate)]
-    res = ffmpeg.run([*args, "-"], stdin=data, what=f"decoding {fmt} fixture")
+    error output (empty when the decoder reported nothing). Reads a file, not a pipe: ffmpeg trims the LAME
+    end padding of an mp3 only when it can seek."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"in.{fmt}"
+        path.write_bytes(data)
+        args = ["-v", "error", *ffmpeg.input_args(path, fmt), "-f", "f32le", "-ac", str(channels), "-ar", str(rate)]
+        res = ffmpeg.run([*args, "-"], what=f"decoding {fmt} fixture")
     pcm = np.frombuffer(res.stdout, dtype="<f4").reshape(-1, channels)
     return pcm, res.stderr.strip()
 
