@@ -214,6 +214,19 @@ def test_every_label_has_the_four_languages(rel):
             assert isinstance(value.get(lang), str) and value[lang].strip(), f"{rel}: {where} lacks {lang}"
 
 
+@pytest.mark.parametrize("rel", ["manifest.yaml", "provider/tts_pipeline.yaml", "tools/tts_pipeline.yaml"])
+def test_texts_fit_the_daemons_limits(rel):
+    """dify-plugin-daemon validates every i18n text as < 1024 characters, tags against its fixed list."""
+    data = _yaml(REPO, rel)
+    for where, value in _labels(data):
+        for lang, text in value.items():
+            assert len(text) < 1024, f"{rel}: {where}.{lang}"
+    tags = data.get("tags") or data.get("identity", {}).get("tags") or []
+    daemon_tags = {"search", "image", "videos", "weather", "finance", "design", "travel", "social", "news",
+                   "medical", "productivity", "education", "business", "entertainment", "utilities", "other"}
+    assert set(tags) <= daemon_tags
+
+
 def _params() -> dict[str, dict]:
     return {p["name"]: p for p in _yaml(REPO, "tools/tts_pipeline.yaml")["parameters"]}
 
