@@ -14,6 +14,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -200,7 +201,10 @@ def check_narration(
 def test_plugin_starts_from_the_package(shared_daemon, plugin_dir):
     assert shared_daemon.manifest["name"] == "tts_pipeline"
     assert shared_daemon.manifest["version"] == "0.1.0"
-    assert any("Installed tool: tts_pipeline" in log.get("message", "") for log in shared_daemon.logs)
+    deadline = time.monotonic() + 10  # the SDK logs its configuration just after printing the manifest
+    while not any("Installed tool: tts_pipeline" in log.get("message", "") for log in shared_daemon.logs):
+        assert time.monotonic() < deadline, shared_daemon.logs
+        time.sleep(0.05)
     assert not (plugin_dir / "tests").exists()
 
 
