@@ -67,9 +67,9 @@ def sniff(data: bytes) -> str:
     """What `data` looks like from its first bytes.
 
     An audio format name ("mp3", "wav", "ogg", "flac", "aac" = ADTS) or a description: "empty", "mp4",
-    "webm", "JSON error body", "JSON document", "HTML page", "XML document", "HLS playlist",
-    "ffconcat list", "URL", "plain text", "blank text", "hex-encoded mp3" (etc.), "ID3 tag without audio",
-    "unknown binary".
+    "webm", "RIFF file (not WAVE)", "JSON error body", "JSON document", "HTML page", "XML document",
+    "HLS playlist", "ffconcat list", "URL", "plain text", "blank text", "hex-encoded mp3" / "base64-encoded
+    wav" (etc.), "ID3 tag without audio", "ID3 tag followed by unknown data", "unknown binary".
     """
     if not data:
         return "empty"
@@ -199,9 +199,22 @@ def _partial_start(buf: bytes, p: int) -> bool:
     if r <= 0 or r >= 128:
         return False
     tail = buf[p:]
-    if tail[0] == 0xFF:  # mp3 (4-byte) or ADTS (7/9-byte) header cut short
-        return r < 2 or ((tail[1] & 0xE0) == 0xE0 and r < 9)
+    if tail[0] == 0xFF:
+        return _frame_header_prefix(tail)
     return any(r < size and (tail.startswith(magic) or magic.startswith(tail)) for magic, size in _STARTS)
+
+
+def _frame_header_prefix(tail: bytes) -> bool:
+    """Whether `tail`, shorter than a frame header, can be the start of an mp3 or ADTS frame header."""
+    r = len(tail)
+    if r == 1:
+        return True
+    b1 = tail[1]
+    if (b1 & 0xF6) == 0xF0:  # ADTS: a 7-byte header
+        return r < 7 and (r < 3 or (tail[2] >> 2) & 0xF <= 12)
+    if r >= 4 or (b1 & 0xE0) != 0xE0 or (b1 >> 3) & 3 == 1 or (b1 >> 1) & 3 != 1:  # mp3: 4 bytes, Layer III
+        return False
+    return r < 3 or ((tail[2] >> 4) not in (0, 15) and (tail[2] >> 2) & 3 != 3)
 
 
 _JSON_ERROR_KEY = re.compile(

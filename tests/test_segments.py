@@ -378,6 +378,13 @@ def test_two_flacs_in_one_call():
     assert datas(out) == files and shape(out) == [("flac", 16000, 1), ("flac", 44100, 2)]
 
 
+def test_flac_cut_short_then_the_next_flac():
+    a, b = gen.flac(0.6), gen.flac(0.4, 16000, freq=300)
+    out = split_call(gen.slices(a[:-200] + b, 1024), 0)
+    assert out[0].truncated and "partial final frame" in out[0].note and a.startswith(out[0].data)
+    assert out[1].data == b and shape(out) == [("flac", 24000, 1), ("flac", 16000, 1)]
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_flac_cut_short(streamed):
     data = gen.flac(1.0, streamed=streamed)
@@ -425,6 +432,12 @@ def test_empty_chunks_are_ignored():
     a, b = sentence_mp3s(2)
     out = split_call([b"", a[:10], b"", b"", a[10:], b"", b, b""], 0)
     assert datas(out) == [a, b]
+
+
+def test_bytearray_chunks_and_a_single_blob_are_accepted():
+    a, b = sentence_mp3s(2)
+    assert datas(split_call([bytearray(a), memoryview(b)], 0)) == [a, b]
+    assert datas(split_call(a + b, 0)) == [a, b]  # type: ignore[arg-type]  # one blob, not a list of chunks
 
 
 # ---------------------------------------------------------------------------------------------------------
