@@ -705,7 +705,7 @@ class _Splitter:
             if cid == b"data":
                 break
             if not _is_chunk_id(buf, q):
-                raise self._garbage(q)
+                raise self._bad("wav", f"a WAV header is corrupt: no valid chunk at byte {q - body} of the file")
             nxt = q + 8 + size
             if nxt > n:
                 return incomplete
