@@ -197,6 +197,55 @@ def meter_raw_file(
     return meter
 
 
+class PeakProfile:
+    """Sample peak and plain energy of every 5 ms window of a programme (linked over channels), fed like
+    LoudnessMeter. Enough to predict what a look-ahead limiter does to loudness (see audio.master) without
+    running it: ~1.5 MB per hour of audio.
+    """
+
+    def __init__(self, sample_rate: int, channels: int, window_s: float = 0.005) -> None:
+        self.sample_rate = int(sample_rate)
+        self.channels = int(channels)
+        self.window = max(1, round(self.sample_rate * window_s))
+        self._peaks: list[np.ndarray] = []
+        self._energy: list[np.ndarray] = []
+        self._carry = np.zeros((0, self.channels), dtype=np.float32)
+        self.frames = 0
+
+    def add(self, samples: np.ndarray) -> None:
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim == 1:
+            x = x.reshape(-1, 1)
+        if x.ndim != 2 or x.shape[1] != self.channels:
+            raise ValueError(f"expected shape (n, {self.channels}), got {np.shape(samples)}")
+        piece = max(self.window, int(_PIECE_S * self.sample_rate) // self.window * self.window)
+        for start in range(0, x.shape[0], piece):
+            if start:
+                time.sleep(0)
+            self._add_piece(x[start : start + piece])
+
+    def _add_piece(self, x: np.ndarray) -> None:
+        self.frames += x.shape[0]
+        if self._carry.shape[0]:
+            x = np.concatenate((self._carry, x))
+        m = x.shape[0] // self.window
+        if m:
+            w = x[: m * self.window].reshape(m, self.window * self.channels)
+            self._peaks.append(np.abs(w).max(axis=1))
+            self._energy.append(np.einsum("ij,ij->i", w, w, dtype=np.float64).astype(np.float32))
+        self._carry = x[m * self.window :].copy()
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(peaks, energies) per window, the last partial window included."""
+        peaks, energy = list(self._peaks), list(self._energy)
+        if self._carry.shape[0]:
+            peaks.append(np.array([np.abs(self._carry).max()], dtype=np.float32))
+            energy.append(np.array([np.square(self._carry, dtype=np.float64).sum()], dtype=np.float32))
+        if not peaks:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        return np.concatenate(peaks), np.concatenate(energy)
+
+
 # ---------------------------------------------------------------------------------------------- files
 
 
