@@ -52,7 +52,8 @@ LOUDNESS_TOLERANCE_LU = 0.5  # re-encode when the first encode misses the target
 LOUDNESS_LIMIT_LU = 1.0  # the promise: within ±1 LU of target
 MAX_GAIN_DB = 60.0  # never amplify by more
 HEAVY_LIMITING_LU = 4.0  # note it when reaching the target takes more limiting than this
-MAX_LIMITING_LU = 8.0  # never push more than this much gain into the limiter beyond the plain normalization
+MARGIN_LOSS_CAP_LU = 2.5  # the limiter margin grows with the predicted limiting up to this much of it
+MAX_LIMITING_LU = 6.0  # never push more than this much gain into the limiter beyond the plain normalization
 
 
 @dataclass(frozen=True)
@@ -448,8 +449,9 @@ def _plan(
         mode = "rms"
     elif target.integrated is not None:
         mode = "lufs"
-    else:
-        return _Plan("off", ceiling, None, None, None)
+    else:  # no gain; the profile only tells whether the limiter has anything to do
+        prof, _, _ = _analyse(program, sample_rate, channels, out_channels, profile, meter=False)
+        return _Plan("off", ceiling, None, None, LimiterModel(prof))
     measured = measured_rms_db if mode == "rms" else measured_lufs
     prof, lm, mix_db = _analyse(program, sample_rate, channels, out_channels, profile, meter=measured is None)
     if lm is not None:
@@ -484,7 +486,21 @@ def _plan(
 # ------------------------------------------------------------------------------------------ encoding
 
 
-def _filter_chain(channels: int, out_channels: int, out_rate: int, gain_db: float, limit_db: float) -> str:
+def _needs_limiter(plan: _Plan, gain_db: float, limit_db: float) -> bool:
+    """False when no sample peak comes within 0.5 dB (room for inter-sample peaks) of the threshold: the
+    oversampled limiter would change nothing, so the encode skips it (faster, and bit-transparent)."""
+    if plan.mode == "silent":
+        return False
+    if plan.model is None or plan.model.peak_db.size == 0:
+        return True
+    return float(plan.model.peak_db.max()) + gain_db + 0.5 > limit_db
+
+
+def _filter_chain(
+    channels: int, sample_rate: int, out_channels: int, out_rate: int, gain_db: float, limit_db: float | None
+) -> str:
+    """[channel layout] → volume → (soxr ↑ → alimiter → soxr ↓ | soxr to the output rate). limit_db None = no
+    limiter. soxr's cutoff is raised from 0.91 to 0.99 of Nyquist so the round trip keeps the top of the band."""
     parts: list[str] = []
     if channels != out_channels:
         layout = {1: "mono", 2: "stereo"}.get(out_channels, f"{out_channels}c")
@@ -497,14 +513,17 @@ def _filter_chain(channels: int, out_channels: int, out_rate: int, gain_db: floa
             parts.append(f"aresample=ochl={layout}")
     if abs(gain_db) >= 0.005:
         parts.append(f"volume={gain_db:.3f}dB")
-    factor = max(2, min(4, 192000 // out_rate))
-    limit = min(1.0, max(0.0625, 10 ** (limit_db / 20)))
-    parts += [
-        f"aresample={out_rate * factor}:resampler=soxr",
-        f"alimiter=limit={limit:.6f}:attack=5:release=50:level=false:latency=true",
-        f"aresample={out_rate}:resampler=soxr",
-    ]
-    return ",".join(parts)
+    if limit_db is not None:
+        factor = max(2, min(4, 192000 // out_rate))
+        limit = min(1.0, max(0.0625, 10 ** (limit_db / 20)))
+        parts += [
+            f"aresample={out_rate * factor}:resampler=soxr:cutoff=0.99",
+            f"alimiter=limit={limit:.6f}:attack=5:release=50:level=false:latency=true",
+            f"aresample={out_rate}:resampler=soxr:cutoff=0.99",
+        ]
+    elif out_rate != sample_rate:
+        parts.append(f"aresample={out_rate}:resampler=soxr:cutoff=0.99")
+    return ",".join(parts) or "anull"
 
 
 def _codec_args(fmt: str, kbps: int | None) -> list[str]:
@@ -534,7 +553,7 @@ def _encode(
     out_rate: int,
     out_channels: int,
     gain_db: float,
-    limit_db: float,
+    limit_db: float | None,
     out: Path,
     duration_s: float,
 ) -> None:
@@ -542,7 +561,7 @@ def _encode(
     args = [
         "-nostats", "-loglevel", "error",
         *ffmpeg.raw_input_args(program, sample_rate, channels),
-        "-af", _filter_chain(channels, out_channels, out_rate, gain_db, limit_db),
+        "-af", _filter_chain(channels, sample_rate, out_channels, out_rate, gain_db, limit_db),
         *_codec_args(fmt, kbps),
         "-ar", str(out_rate), "-ac", str(out_channels),
         "-map_metadata", "-1",
@@ -551,19 +570,21 @@ def _encode(
     ffmpeg.run(args, timeout=60.0 + duration_s / 8.0, what=f"encoding {fmt}")
 
 
-def _settle(plan: _Plan, margin: Callable[[float], float], notes: list[str] | None) -> tuple[float, float]:
+def _settle(
+    plan: _Plan, margin: Callable[[float], float], notes: list[str] | None, max_loss: float | None = None
+) -> tuple[float, float]:
     """(gain, limiter threshold) such that the level hits the target and the threshold sits `margin(λ)`
     below the ceiling, λ being the limiter loss that gain causes (a short fixed-point iteration)."""
     limit = plan.ceiling_db - margin(0.0)
     if plan.target is None or plan.model is None:
         return 0.0, limit
     for _ in range(5):
-        gain = plan.solve(limit)
+        gain = plan.solve(limit, max_loss=max_loss)
         new_limit = plan.ceiling_db - margin(plan.loss(gain, limit))
         if abs(new_limit - limit) < 0.05:
             break
         limit = new_limit
-    return plan.solve(limit, notes), limit
+    return plan.solve(limit, notes, max_loss=max_loss), limit
 
 
 def master(
@@ -612,11 +633,14 @@ def master(
     a, b = spec.margin(kbps, out_channels)
     if plan.target is not None:
         plan = replace(plan, offset=spec.codec_loss_db)
-    gain, limit = _settle(plan, lambda loss: a + b * min(loss, 4.0), notes)
+    gain, limit = _settle(plan, lambda loss: a + b * min(loss, MARGIN_LOSS_CAP_LU), notes)
     out = Path(workdir) / f"master{spec.extension}"
 
+    limiter = _needs_limiter(plan, gain, limit)
+
     def encode_and_measure() -> Measurement:
-        _encode(program, sample_rate, channels, fmt, kbps, out_rate, out_channels, gain, limit, out, duration_s)
+        lim = limit if limiter else None
+        _encode(program, sample_rate, channels, fmt, kbps, out_rate, out_channels, gain, lim, out, duration_s)
         return measure_file(out, _DEMUXER[fmt], timeout=60.0 + duration_s / 8.0)
 
     m = encode_and_measure()
@@ -631,13 +655,25 @@ def master(
         loss1 = plan.loss(gain, limit) if plan.model is not None else 0.0
         if plan.target is not None and got is not None:
             plan = plan.learn(gain, limit, got)
-        if over and m.true_peak_dbtp is not None:
-            # this codec's overshoot on this programme, measured, plus an allowance for the extra limiting
-            limit = plan.ceiling_db - (m.true_peak_dbtp - limit) - 0.7
-        if plan.target is not None:
-            # more limiting brings the peaks back higher after the codec: accept a little less loudness
-            # (the first run was already near the target) rather than much more limiting
-            gain = plan.solve(limit, max_loss=max(loss1 + 1.5, 2.0))
+        # this codec's measured overshoot on this programme, growing with extra limiting (calibrated b)
+        o1 = m.true_peak_dbtp - limit if m.true_peak_dbtp is not None else a
+
+        def margin2(loss: float) -> float:
+            return max(a + b * min(loss, MARGIN_LOSS_CAP_LU), o1 + 0.3 + b * max(0.0, loss - loss1))
+
+        # more limiting brings the peaks back higher after the codec: allow only a little more of it
+        max_loss = min(MAX_LIMITING_LU, max(loss1 + 1.5, 2.0))
+        new_gain, new_limit = _settle(plan, margin2, None, max_loss)
+        better = (
+            plan.target is not None
+            and got is not None
+            and abs(plan.predict(new_gain, new_limit) - plan.target) < abs(got - plan.target) - 0.2
+        )
+        if not (over or too_big or better):  # nothing a second run could improve
+            _check_result(plan, m, notes)
+            return _encoded(out, fmt, spec, kbps, out_rate, m, size, gain, notes, encodes)
+        gain, limit = new_gain, new_limit
+        limiter = bool(over) or _needs_limiter(plan, gain, limit)
         if too_big:
             kbps = _step_down(fmt, kbps, out_rate, size, options, duration_s, notes)
         m = encode_and_measure()
@@ -646,13 +682,20 @@ def master(
         if size > options.max_bytes - _TAG_RESERVE_BYTES:
             raise OutputTooLarge(_too_large_message(fmt, duration_s, options, size))
     _check_result(plan, m, notes)
+    return _encoded(out, fmt, spec, kbps, out_rate, m, size, gain, notes, encodes)
+
+
+def _encoded(
+    out: Path, fmt: str, spec: FormatSpec, kbps: int | None, rate: int, m: Measurement, size: int, gain: float,
+    notes: list[str], encodes: int,
+) -> Encoded:
     return Encoded(
         path=out,
         fmt=fmt,
         mime_type=spec.mime_type,
         extension=spec.extension,
         bitrate_kbps=kbps,
-        sample_rate=out_rate,  # what was encoded (Opus decoders play every rate at 48 kHz)
+        sample_rate=rate,  # what was encoded (Opus decoders play every rate at 48 kHz)
         channels=m.channels,
         duration_s=m.duration_s,
         size_bytes=size,
