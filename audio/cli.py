@@ -235,7 +235,7 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     speakers = options.speakers(args.speakers)
 
     engine = EspeakEngine()
-    voice = engine.resolve_voice(args.voice) if args.voice and args.voice.strip() else None
+    voice = engine.resolve_voice(args.voice)  # the default voice by name, so stats and timeline show it
     for name, v in speakers.items():
         try:
             speakers[name] = engine.resolve_voice(v)
