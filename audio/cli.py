@@ -138,7 +138,7 @@ class ProgressBar:
             filled = int(frac * self.WIDTH)
             bar = "█" * filled + "·" * (self.WIDTH - filled)
             elapsed = time.monotonic() - self.started
-            self.stream.write(f"\r{stage:<10} {bar} {done}/{total}  {elapsed:5.1f}s")
+            self.stream.write(f"\r{stage:<10} {bar} {done}/{total}  {elapsed:5.1f}s\x1b[K")
             self.stream.flush()
 
     def close(self) -> None:
@@ -310,7 +310,7 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     if not args.quiet:
         for warning in result.stats.warnings:
             print(f"warning: {warning}", file=err)
-        print(summary(out_arg, result, elapsed, subs_path), file=err)
+        print(summary("<stdout>" if to_stdout else out_arg, result, elapsed, subs_path), file=err)
     if args.stats:
         stats = stats_json(result, elapsed, out_arg, subs_path, speakers)
         print(json.dumps(stats, indent=2, ensure_ascii=False), file=sys.stderr if to_stdout else sys.stdout)

@@ -43,14 +43,13 @@ def run_cli(*args: str | os.PathLike[str], stdin: bytes | None = None, env: dict
 
 
 def decode(path: Path, fmt: str) -> tuple[np.ndarray, int, str]:
-    """Samples (frames × channels, float32), sample rate, and ffmpeg's error-level log of the decode."""
-    probe = ffmpeg.run(["-v", "error", *ffmpeg.input_args(path, fmt), "-f", "null", "-"])
-    header = ffmpeg.run([*ffmpeg.input_args(path, fmt), "-t", "0", "-f", "null", "-"]).stderr
-    m = re.search(r"Audio: [^,]+, (\d+) Hz, (mono|stereo)", header)
-    assert m, header
+    """Samples (frames × channels, float32), sample rate, and the error-level lines ffmpeg logged decoding it."""
+    res = ffmpeg.run(["-loglevel", "repeat+level+info", *ffmpeg.input_args(path, fmt), "-f", "f32le", "-"])
+    m = re.search(r"Output #0.*?Audio: pcm_f32le[^,]*, (\d+) Hz, (mono|stereo)", res.stderr, re.S)
+    assert m, res.stderr
     rate, channels = int(m.group(1)), 1 if m.group(2) == "mono" else 2
-    raw = ffmpeg.run([*ffmpeg.input_args(path, fmt), "-f", "f32le", "-"]).stdout
-    return np.frombuffer(raw, dtype=np.float32).reshape(-1, channels), rate, probe.stderr
+    errors = "\n".join(line for line in res.stderr.splitlines() if "[error]" in line or "[fatal]" in line)
+    return np.frombuffer(res.stdout, dtype=np.float32).reshape(-1, channels), rate, errors
 
 
 def integrated_lufs(samples: np.ndarray, rate: int) -> float:
