@@ -87,16 +87,16 @@ FORMATS: dict[str, FormatSpec] = {
     "mp3": FormatSpec(
         "libmp3lame", "mp3", "audio/mpeg", ".mp3", False, (64, 128),
         (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000), 0.01,
-        ((0, 0.6, 0.25),), 0.3,
+        ((0, 1.2, 0.3),), 0.3,
     ),
     "m4a": FormatSpec(
         "aac", "mp4", "audio/mp4", ".m4a", False, (64, 96),
         (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000), 0.05,
-        ((48, 0.6, 0.3), (0, 1.2, 0.3)), 0.1,
+        ((48, 1.0, 0.3), (0, 1.6, 0.3)), 0.1,
     ),
     "ogg": FormatSpec(
         "libopus", "ogg", "audio/opus", ".opus", False, (32, 64), (8000, 12000, 16000, 24000, 48000), 0.05,
-        ((48, 0.8, 0.2), (32, 1.0, 0.35), (0, 1.0, 0.45)), 0.15,
+        ((48, 1.0, 0.3), (32, 1.4, 0.35), (0, 1.6, 0.45)), 0.15,
     ),
     "flac": FormatSpec("flac", "flac", "audio/flac", ".flac", True),
     "wav": FormatSpec("pcm_s16le", "wav", "audio/x-wav", ".wav", True),
@@ -633,10 +633,11 @@ def master(
     a, b = spec.margin(kbps, out_channels)
     if plan.target is not None:
         plan = replace(plan, offset=spec.codec_loss_db)
-    gain, limit = _settle(plan, lambda loss: a + b * min(loss, MARGIN_LOSS_CAP_LU), notes)
-    out = Path(workdir) / f"master{spec.extension}"
-
+    gain, limit = _settle(plan, lambda loss: a + b * min(loss, MARGIN_LOSS_CAP_LU), None)
     limiter = _needs_limiter(plan, gain, limit)
+    if plan.target is not None:
+        gain = plan.solve(limit, notes)  # again, only for its notes
+    out = Path(workdir) / f"master{spec.extension}"
 
     def encode_and_measure() -> Measurement:
         lim = limit if limiter else None
@@ -661,9 +662,7 @@ def master(
         def margin2(loss: float) -> float:
             return max(a + b * min(loss, MARGIN_LOSS_CAP_LU), o1 + 0.3 + b * max(0.0, loss - loss1))
 
-        # more limiting brings the peaks back higher after the codec: allow only a little more of it
-        max_loss = min(MAX_LIMITING_LU, max(loss1 + 1.5, 2.0))
-        new_gain, new_limit = _settle(plan, margin2, None, max_loss)
+        new_gain, new_limit = _settle(plan, margin2, None)
         better = (
             plan.target is not None
             and got is not None
