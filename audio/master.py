@@ -1,25 +1,33 @@
 """Mastering: programme PCM → gain → true-peak limit → encoded file, in ONE ffmpeg run, then ONE measurement.
 
-    master(programme.f32, ...) ─ plan gain (from the caller's BS.1770 measurement) and bitrate (size guard)
-        └─ ffmpeg: [layout] → volume → soxr ↑4× → alimiter → soxr ↓ → encoder   (one process)
-        └─ measure_file(encoded): integrated, true peak, RMS, exact duration     (one process)
-        └─ off target by > 0.5 LU, or true peak over the ceiling? correct gain/limit once and re-encode
+    master(programme.f32, ...)
+        ├─ plan (Python, ~0.2 s per 10 min): bitrate under the size limit; a PeakProfile of the programme
+        │  (5 ms peaks/energies) and a LimiterModel that predicts what the limiter takes, so the gain is
+        │  solved for the level AFTER limiting and codec, not before
+        ├─ ffmpeg: [layout] → volume → soxr ↑4× → alimiter → soxr ↓ → encoder      (one process)
+        ├─ measure_file(encoded): integrated, true peak, RMS, exact duration      (one process)
+        └─ off target by > 0.5 LU, or true peak over the ceiling (or over max_bytes)? learn from the
+           measurement (model scale/offset, this codec's overshoot), correct once and re-encode
 
 Loudness targets (audio.model.LoudnessTarget):
-- `integrated` set: gain = target − programme loudness (channel-layout changes are compensated: mono → stereo
-  duplicates the channel, +3.01 LU; stereo → mono averages the two channels).
-- `rms_range` set (ACX audiobook): the programme's plain RMS is aimed at the middle of the range; the ceiling
-  is the target's `true_peak`.
-- neither ("off"): no gain. The true-peak limiter still runs at the ceiling as clipping protection; below the
-  ceiling it leaves the audio untouched, so "off" changes nothing in a programme that peaks under −1 dBTP.
+- `integrated` set: the integrated loudness of the encoded file is aimed at the target (channel-layout
+  changes are compensated: mono → N duplicates the channel, N → mono averages the channels).
+- `rms_range` set (ACX audiobook): the plain RMS is aimed at the middle of the range; peaks ≤ `true_peak`.
+- neither ("off"): no gain. The limiter runs only if a peak comes near the ceiling (clipping protection);
+  otherwise the chain is volume-free and limiter-free, so "off" leaves such a programme untouched.
 - `measured_lufs`/`measured_rms_db` None (the caller's meter found nothing above the gates: silence, or a
   programme under 400 ms): the programme is measured here; a clip shorter than 400 ms is measured without
   gating (its K-weighted energy as a whole). A programme that is silent even then gets no gain.
 
-The limiter is ffmpeg's `alimiter` (a sample-peak limiter with look-ahead) run at 4× the output rate, which
-makes it approximately a true-peak limiter; its threshold sits below the ceiling by a margin for the
-resampling and codec overshoot. Limiting lowers loudness a little; the measurement of the encoded file
-catches that and the single correction pass fixes it.
+The limiter is ffmpeg's `alimiter` (sample-peak, 5 ms look-ahead, 50 ms release) at 4× the output rate, which
+makes it approximately a true-peak limiter. Its threshold sits below the ceiling by a margin: 0.3 dB for
+wav/flac; for lossy codecs a + b·λ (λ = predicted limiter loss, capped at 2.5 LU), because mp3/aac/opus do
+not keep limited peaks in place (measured overshoot 0.5–2.5 dB on speech, more the harder the limiter works).
+
+Known limit: speech with a high peak-to-loudness ratio (≳ 17 dB) near a loud target (−14 LUFS) through a
+lossy codec would need more than MAX_LIMITING_LU of limiting; master stops there, keeps the ceiling and adds
+a note that the target was missed (by up to ~1.5 LU) rather than crushing the speech. A gentle compressor
+stage before the limiter would be the way to reach such targets.
 
 Tags and chapters are written afterwards by audio.tags.
 """
@@ -633,10 +641,8 @@ def master(
     a, b = spec.margin(kbps, out_channels)
     if plan.target is not None:
         plan = replace(plan, offset=spec.codec_loss_db)
-    gain, limit = _settle(plan, lambda loss: a + b * min(loss, MARGIN_LOSS_CAP_LU), None)
+    gain, limit = _settle(plan, lambda loss: a + b * min(loss, MARGIN_LOSS_CAP_LU), notes)
     limiter = _needs_limiter(plan, gain, limit)
-    if plan.target is not None:
-        gain = plan.solve(limit, notes)  # again, only for its notes
     out = Path(workdir) / f"master{spec.extension}"
 
     def encode_and_measure() -> Measurement:
