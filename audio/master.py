@@ -61,6 +61,8 @@ LOUDNESS_LIMIT_LU = 1.0  # the promise: within ±1 LU of target
 MAX_GAIN_DB = 60.0  # never amplify by more
 HEAVY_LIMITING_LU = 4.0  # note it when reaching the target takes more limiting than this
 MARGIN_LOSS_CAP_LU = 2.5  # the limiter margin grows with the predicted limiting up to this much of it
+PASS2_SAFETY_DB = 0.3  # below the ceiling after a correction (a rounded true peak of −1.0 may be −0.95)
+SOFT_LIMITING_LU = 5.0  # the first run's threshold is not lowered (for codec margin) past this much limiting
 MAX_LIMITING_LU = 6.0  # never push more than this much gain into the limiter beyond the plain normalization
 
 
@@ -582,16 +584,30 @@ def _settle(
     plan: _Plan, margin: Callable[[float], float], notes: list[str] | None, max_loss: float | None = None
 ) -> tuple[float, float]:
     """(gain, limiter threshold) such that the level hits the target and the threshold sits `margin(λ)`
-    below the ceiling, λ being the limiter loss that gain causes (a short fixed-point iteration)."""
+    below the ceiling, λ being the limiter loss that gain causes (a short fixed-point iteration).
+
+    A lower threshold needs more gain, hence more limiting, hence (for lossy codecs) a larger margin: on
+    peaky speech this runs away into crushing limiting, where codecs overshoot most. So the threshold is not
+    lowered past the point where λ reaches SOFT_LIMITING_LU; the measurement decides whether that sufficed.
+    """
     limit = plan.ceiling_db - margin(0.0)
     if plan.target is None or plan.model is None:
         return 0.0, limit
+    gain = plan.solve(limit, max_loss=max_loss)
+    loss = plan.loss(gain, limit)
     for _ in range(5):
-        gain = plan.solve(limit, max_loss=max_loss)
-        new_limit = plan.ceiling_db - margin(plan.loss(gain, limit))
+        new_limit = plan.ceiling_db - margin(loss)
         if abs(new_limit - limit) < 0.05:
             break
-        limit = new_limit
+        new_gain = plan.solve(new_limit, max_loss=max_loss)
+        new_loss = plan.loss(new_gain, new_limit)
+        if new_loss > SOFT_LIMITING_LU and new_limit < limit:
+            # stop where λ = SOFT_LIMITING_LU, between the two thresholds (λ rises as the threshold falls)
+            if loss < SOFT_LIMITING_LU:
+                frac = (SOFT_LIMITING_LU - loss) / (new_loss - loss)
+                limit = limit + frac * (new_limit - limit)
+            break
+        limit, loss = new_limit, new_loss
     return plan.solve(limit, notes, max_loss=max_loss), limit
 
 
@@ -659,19 +675,30 @@ def master(
     level_off, over = _misses(plan, m)
     if level_off or over or too_big:
         got = _level(plan, m)
-        loss1 = plan.loss(gain, limit) if plan.model is not None else 0.0
-        if plan.target is not None and got is not None:
+        new_gain, new_limit = gain, limit
+        if over:
+            # Scale the whole limited signal down: gain and threshold drop together, so the limiting (and
+            # with it the codec's overshoot) stays as it was and the true peak drops by the same amount.
+            # Pushing the level back up with more limiting would bring the overshoot back (measured).
+            new_gain, new_limit = gain - over - PASS2_SAFETY_DB, limit - over - PASS2_SAFETY_DB
+        elif plan.target is not None and got is not None and plan.model is not None:
+            # only the level is off: re-solve with the model corrected by this measurement; keep the true
+            # peak's measured headroom for the overshoot that extra limiting adds (b per LU)
+            loss1 = plan.loss(gain, limit)
             plan = plan.learn(gain, limit, got)
-        # this codec's measured overshoot on this programme, growing with extra limiting (calibrated b)
-        o1 = m.true_peak_dbtp - limit if m.true_peak_dbtp is not None else a
-
-        def margin2(loss: float) -> float:
-            return max(a + b * min(loss, MARGIN_LOSS_CAP_LU), o1 + 0.3 + b * max(0.0, loss - loss1))
-
-        new_gain, new_limit = _settle(plan, margin2, None)
+            headroom = plan.ceiling_db - (m.true_peak_dbtp if m.true_peak_dbtp is not None else limit)
+            max_loss = min(MAX_LIMITING_LU, loss1 + 1.5)
+            for _ in range(2):
+                new_gain = plan.solve(new_limit, max_loss=max_loss)
+                extra = max(0.0, b * (plan.loss(new_gain, new_limit) - loss1) + PASS2_SAFETY_DB - headroom)
+                new_limit = limit - extra
+            new_gain = plan.solve(new_limit, max_loss=max_loss)
+        elif plan.target is not None and got is not None:
+            new_gain = gain + plan.target - got  # no model (cannot happen with a target): plain correction
         better = (
             plan.target is not None
             and got is not None
+            and not over
             and abs(plan.predict(new_gain, new_limit) - plan.target) < abs(got - plan.target) - 0.2
         )
         if not (over or too_big or better):  # nothing a second run could improve
