@@ -266,6 +266,14 @@ class Measurement:
     decode_errors: int  # lines ffmpeg logged at error level or worse while reading the file
     error_lines: tuple[str, ...] = ()  # the first few of them, for messages
 
+    @property
+    def integrated(self) -> float | None:  # short alias
+        return self.integrated_lufs
+
+    @property
+    def true_peak(self) -> float | None:  # short alias
+        return self.true_peak_dbtp
+
 
 # demuxer to force for our format names (input_args always forces one)
 _DEMUXERS = {
@@ -341,7 +349,7 @@ def measure_file(
         inputs = ffmpeg.input_args(path, _DEMUXERS.get(fmt, fmt))
     if timeout is None:
         # generous: decoding + true peak runs at > 100x real time here; allow 20x, assuming ≥ 8 kbit/s input
-        seconds = size / (4 * sample_rate * channels) if fmt in _RAW_FORMATS else size / 1000.0  # type: ignore[operator]
+        seconds = size / (4 * (sample_rate or 1) * (channels or 1)) if fmt in _RAW_FORMATS else size / 1000.0
         timeout = 60.0 + seconds / 20.0
     # astats sees the decoded samples (exact count, RMS, sample peak, one "Channel: n" line per channel);
     # ebur128 then measures at 48 kHz: on other rates ffmpeg's K-weighting reads up to +0.2 LU high (8 kHz),
