@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from audio.segments import split_call
 
 from audio import decode
 from audio.errors import InvalidAudio
 from audio.model import AudioFile
+from audio.segments import split_call
 from tests import audiogen
 
 

@@ -6,9 +6,9 @@ import threading
 import time
 
 import pytest
-from audio.cache import DiskCache
 
 from audio import synth
+from audio.cache import DiskCache
 from audio.errors import InvalidAudio, InvalidInput, SynthesisFailed
 from audio.model import Request, Stats
 from tests import audiogen
