@@ -104,3 +104,29 @@ def test_silent_request_is_reported(tmp_path):
                              sample_rate=RATE, channels=1, pause_ms=0, level_speakers_to=None)
     assert any("#1 produced only silence" in w for w in prog.warnings)
     assert prog.duration_s == pytest.approx(0.5, abs=0.01)
+
+
+def test_peak_control_tames_only_peaks_far_above_the_speech_level():
+    t = np.arange(2 * RATE) / RATE
+    speech = (0.1 * (0.8 + 0.2 * np.sin(2 * np.pi * 3 * t)) * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    click = speech.copy()
+    click[RATE : RATE + 48] += 0.9  # a 2 ms spike ~25 dB above the speech peaks
+    untouched = assemble.control_peaks(speech, RATE)
+    assert np.allclose(untouched, speech)  # normal speech (peaks ~4.8 dB over RMS) is left alone
+    tamed = assemble.control_peaks(click, RATE)
+    rms = float(np.sqrt(np.mean(speech.astype(np.float64) ** 2)))
+    peak_db = 20 * np.log10(np.max(np.abs(tamed)) / rms)
+    raw_db = 20 * np.log10(np.max(np.abs(click)) / rms)
+    assert peak_db < raw_db - 9  # 3:1 above the threshold
+    assert peak_db > assemble.PEAK_CONTROL_ABOVE_DB  # compressed, not clipped to the threshold
+    far = np.r_[0 : RATE // 2, RATE + RATE // 2 : 2 * RATE]
+    assert np.allclose(tamed[far], click[far])  # away from the spike nothing changes
+
+
+def test_peak_control_is_off_when_loudness_is_off(tmp_path):
+    spiky = _tone(1.0, -20)
+    spiky[RATE // 2] = 0.95
+    d = _decoded(tmp_path, "a", spiky, 0)
+    prog = assemble.assemble([(Request(0, "x"), [d])], tmp_path / "p.f32", sample_rate=RATE, channels=1,
+                             pause_ms=0, level_speakers_to=None)
+    assert np.max(np.abs(np.fromfile(prog.path, dtype="<f4"))) == pytest.approx(0.95, abs=1e-3)
