@@ -138,7 +138,7 @@ def _run(
     if total_s > job.max_total_seconds:
         raise InvalidInput(
             "text",
-            f"produces {total_s / 60:.0f} min of audio, more than the {job.max_total_seconds / 60:.0f} min limit",
+            f"produces {_duration(total_s)} of audio, more than the {_duration(job.max_total_seconds)} limit",
         )
     by_call: dict[int, list[decode.DecodedFile]] = {}
     for d in decoded:
@@ -207,6 +207,11 @@ def _run(
         subtitles=subs,
         subtitles_format=job.subtitles if subs is not None else None,
     )
+
+
+def _duration(seconds: float) -> str:
+    """For messages: "42.0 s", "12.5 min" (whole minutes would print a 30 s limit as "0 min")."""
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def chapters_for(timeline: list[TimelineEntry], plan: Plan, job: Job, duration_s: float) -> list[Chapter]:
