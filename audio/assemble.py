@@ -9,12 +9,11 @@ sentence on its own would make levels jump, while one gain per speaker keeps a v
 makes voices from different providers sit at the same loudness.
 
 Memory stays flat: each file is read from disk, processed and appended to the programme file, one at a time.
-Between files `time.sleep(0)` yields to the gevent hub when running inside the Dify SDK.
+Between files `cooperate()` lets the gevent hub run when inside the Dify SDK.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import maximum_filter1d, minimum_filter1d, uniform_filter1d
 
+from .cooperate import cooperate
 from .decode import DecodedFile
 from .loudness import LoudnessMeter
 from .model import Request, TimelineEntry
@@ -174,7 +174,7 @@ def assemble(
                 b = bounds[d.path] = speech_bounds(samples, sample_rate)
                 if b:
                     meters[_speaker_key(req)].add(prepare(samples, b))
-                time.sleep(0)
+                cooperate()
         for key, meter in meters.items():
             measured = meter.integrated()
             if measured is not None:
@@ -217,7 +217,7 @@ def assemble(
                 programme_meter.add(piece)
                 frames_written += len(piece)
                 wrote_speech = True
-                time.sleep(0)
+                cooperate()
             if not wrote_speech:
                 warnings.append(f"TTS request #{req.index + 1} produced only silence")
             timeline.append(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import ffmpeg
-from .errors import InvalidAudio
+from .errors import FFmpegError, InvalidAudio
 from .model import AudioFile
 
 BATCH_SIZE = 48  # inputs per ffmpeg process: bounds open files and argv length, allows progress
@@ -126,12 +126,47 @@ def _decode_one_strict(f: AudioFile, src: Path, out: Path, rate: int, channels: 
     )
     problems = [line for line in res.stderr.splitlines() if line.strip()]
     if problems or not out.exists():
+        _check_ffmpeg_works(src.parent, rate, channels, res.stderr)
         detail = "; ".join(dict.fromkeys(_strip_address(p) for p in problems[:5])) or "no output"
         raise InvalidAudio(
             f.call_index,
             f"file {f.file_index + 1} ({f.fmt}) could not be decoded cleanly: {detail}",
             sniffed=f.fmt,
         )
+
+
+def _reference_wav(seconds: float = 0.05, rate: int = 8000) -> bytes:
+    """A tiny valid WAV (silence) written by us: if ffmpeg cannot decode this, ffmpeg is the problem."""
+    frames = int(seconds * rate)
+    header = b"RIFF" + (36 + 2 * frames).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
+    header += (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + rate.to_bytes(4, "little")
+    header += (2 * rate).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+    return header + b"data" + (2 * frames).to_bytes(4, "little") + bytes(2 * frames)
+
+
+def _check_ffmpeg_works(workdir: Path, rate: int, channels: int, stderr: str) -> None:
+    """Raise FFmpegError when ffmpeg fails on our own reference file too.
+
+    Only called after a file failed to decode: a crashing or broken ffmpeg must not be reported as the
+    provider's invalid audio (which would send the user to the wrong place).
+    """
+    ref, out = workdir / "reference.wav", workdir / "reference.f32"
+    ref.write_bytes(_reference_wav())
+    try:
+        res = ffmpeg.run(
+            ["-v", "error", *ffmpeg.input_args(ref, "wav"), *_output_args(0, out, rate, channels, 10.0)],
+            what="decoding a reference file",
+            check=False,
+            timeout=60,
+        )
+        ok = not res.stderr.strip() and out.exists() and out.stat().st_size > 0
+    except FFmpegError:
+        ok = False
+    finally:
+        ref.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+    if not ok:
+        raise FFmpegError("decoding the TTS audio: ffmpeg fails even on a reference file it should decode", stderr)
 
 
 def _strip_address(line: str) -> str:

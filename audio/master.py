@@ -35,7 +35,6 @@ Tags and chapters are written afterwards by audio.tags.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ffmpeg
+from .cooperate import cooperate
 from .errors import InvalidAudio, InvalidInput, OutputTooLarge
 from .loudness import (
     ABSOLUTE_GATE_LUFS,
@@ -352,7 +352,7 @@ class _Plan:
         max_loss = MAX_LIMITING_LU if max_loss is None else max_loss
 
         def f(g: float) -> float:
-            time.sleep(0)
+            cooperate()
             return self.predict(g, limit_db) - level
 
         lo = level - self.base + self.offset - 0.01  # below any solution: the limiter only takes away
@@ -439,7 +439,7 @@ def _analyse(
                     e_mix += float(np.einsum("ij,ij->", y, y, dtype=np.float64)) * channels
                 if need_profile:
                     profile.add(y)
-                time.sleep(0)
+                cooperate()
     assert profile is not None
     mix_db = 10 * math.log10(e_mix / e_in) if mix and e_in > 0 and e_mix > 0 else 0.0
     return profile, lm, mix_db

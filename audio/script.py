@@ -56,8 +56,8 @@ ellipsis and has no CJK-without-spaces chunking; sentencex ≥ 1.0 is a compiled
 kept '"It was great." The U.S.' as one sentence). Neither chunks long sentences grapheme-safely, which we need
 anyway. These rules plan 100k characters in tens of milliseconds.
 
-Cooperative: `plan` calls time.sleep(0) between paragraphs (at most every few ms), which yields to other
-greenlets under gevent and costs nothing measurable otherwise.
+Cooperative: `plan` calls audio.cooperate.cooperate() between paragraphs (a hub cycle every ≥10 ms): it lets
+other greenlets run under gevent and costs nothing measurable otherwise.
 """
 
 from __future__ import annotations
@@ -65,12 +65,13 @@ from __future__ import annotations
 import html
 import re
 import textwrap
-import time
 import unicodedata
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from .cooperate import cooperate
 from .errors import InvalidInput
 from .model import Plan, Request
 
@@ -566,7 +567,7 @@ def _strip_html_blocks(text: str) -> str:
     return "".join(out)
 
 
-def _parse_blocks(text: str, tick: _Ticker) -> _Blocks:
+def _parse_blocks(text: str, tick: Callable[[], None]) -> _Blocks:
     blocks = _Blocks()
     events = blocks.events
     lines = text.split("\n")
@@ -693,22 +694,6 @@ def _label(line: str) -> tuple[str, str, str] | None:
 # Planning
 
 
-_YIELD_EVERY_S = 0.005
-
-
-class _Ticker:
-    """time.sleep(0) at most every _YIELD_EVERY_S: yields to other greenlets under gevent, ~free otherwise."""
-
-    def __init__(self) -> None:
-        self.last = time.perf_counter()
-
-    def __call__(self) -> None:
-        now = time.perf_counter()
-        if now - self.last >= _YIELD_EVERY_S:
-            time.sleep(0)
-            self.last = time.perf_counter()
-
-
 @dataclass
 class _Out:
     text: str
@@ -728,7 +713,7 @@ class _Builder:
         max_pause_ms: int,
         max_requests: int,
         inline: _Inline,
-        tick: _Ticker,
+        tick: Callable[[], None],
     ) -> None:
         self.max_chars = max_chars
         self.gaps = (pause_ms, paragraph_pause_ms, 2 * paragraph_pause_ms)
@@ -837,7 +822,7 @@ def plan(
         if value < 0:
             raise InvalidInput(name, f"{value} must not be negative")
     mapping = {str(k).strip().lower(): v for k, v in (speakers or {}).items()}
-    tick = _Ticker()
+    tick = cooperate
 
     text = "\n".join(text.splitlines())
     text = _PRIVATE_RE.sub("", _JUNK_RE.sub("", text))

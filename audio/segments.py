@@ -33,6 +33,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .cooperate import cooperate
 from .errors import InvalidAudio, printable_preview
 from .model import AUDIO_FORMATS, AudioFile
 
@@ -641,7 +642,11 @@ class _Splitter:
             raise self._bad("mp3", "free-format mp3 (no bitrate in the frame headers) is not supported")
         cut = _Cut("mp3", start, body, first.rate, first.channels)
         p = body
+        count = 0
         while p + 4 <= n:
+            count += 1
+            if count % 256 == 0:
+                cooperate()  # a long call (MBs of frames) must not hold the gevent hub
             frame = _mpeg_frame(_U32BE(buf, p)[0])
             if frame is None or not frame.length:
                 break

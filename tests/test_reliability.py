@@ -293,12 +293,6 @@ def test_ffmpeg_failing_mid_run_is_a_clear_error(faulty_daemon, faulty_ffmpeg, m
     assert faulty_daemon.alive
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audio/decode.py: when the batch decode fails, each file is decoded again and ANY failure is raised as "
-    "InvalidAudio('TTS call #1: file 1 (mp3) could not be decoded cleanly: <ffmpeg stderr>'), even when ffmpeg "
-    "itself crashed on good audio",
-)
 def test_ffmpeg_failing_at_decode_does_not_blame_the_provider(faulty_daemon, faulty_ffmpeg):
     """ffmpeg failing from its first run (decoding good audio) is an ffmpeg problem, not bad audio from the
     TTS call: the message must not send the user to their provider."""
@@ -429,13 +423,6 @@ def describe_blocks(report: dict, count: int = 3) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    raises=AssertionError,
-    reason="gevent's sleep(0) only queues a callback: the hub runs up to 50 of them (CALLBACK_CHECK_COUNT) "
-    "before it checks its switch interval and polls timers and I/O, so the per-file `time.sleep(0)` yields in "
-    "audio/assemble.py and audio/loudness.py still block the hub ~100-160 ms while the programme is assembled",
-)
 def test_the_hub_is_never_blocked_long_during_a_15_minute_job(tmp_path):
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
     text = " ".join(f"Sentence number {i} talks about {words[i % 10]} and more things." for i in range(110))
