@@ -100,7 +100,7 @@ FORMATS: dict[str, FormatSpec] = {
     "mp3": FormatSpec(
         "libmp3lame", "mp3", "audio/mpeg", ".mp3", False, (64, 128),
         (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000), 0.01,
-        ((0, 1.9, 0.3),), 0.4,
+        ((0, 1.9, 0.4),), 0.4,
     ),
     "m4a": FormatSpec(
         "aac", "mp4", "audio/mp4", ".m4a", False, (64, 96),
@@ -699,7 +699,7 @@ def master(
     def encode_and_measure() -> Measurement:
         lim = limit if limiter else None
         _encode(program, sample_rate, channels, fmt, kbps, out_rate, out_channels, gain, lim, out, duration_s)
-        return measure_file(out, _DEMUXER[fmt], timeout=60.0 + duration_s / 8.0)
+        return measure_file(out, _DEMUXER[fmt], sample_rate=out_rate, timeout=60.0 + duration_s / 8.0)
 
     m = encode_and_measure()
     encodes = 1

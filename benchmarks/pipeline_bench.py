@@ -52,7 +52,7 @@ def build_workload(directory: Path, count: int, seed: int = 7) -> list[Path]:
         paths.append(path)
         if path.exists():
             continue
-        text = " ".join(rng.sample(SENTENCES, 3))
+        text = " ".join(rng.sample(SENTENCES, 4))
         wav = b"".join(engine(text, None))
         gain = rng.uniform(-6.0, 6.0)
         ffmpeg.run(
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    workload = args.workdir / f"workload3-{args.segments}"
+    workload = args.workdir / f"workload4-{args.segments}"
     if args.child:
         child(args.child[0], workload, Path(args.child[1]), args.scale)
         return
