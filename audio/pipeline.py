@@ -187,7 +187,6 @@ def _run(
         subs = subtitles.to_vtt(programme.timeline)
     if progress:
         progress("master", 1, 1)
-    stats.requests = len(plan.requests)
     return Result(
         data=data,
         fmt=encoded.fmt,

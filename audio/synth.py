@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from .cache import Cache, cache_key
-from .errors import InvalidAudio, InvalidInput, PipelineError, SynthesisFailed
+from .errors import InvalidAudio, InvalidInput, SynthesisFailed
 from .model import AudioFile, Request, Stats, Synthesize
 from .segments import split_call
 
@@ -184,6 +184,3 @@ def _sleep_cancellable(seconds: float, cancelled: threading.Event) -> None:
 def _short(text: str, limit: int = 500) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-__all__ = ["CallResult", "PipelineError", "run"]
