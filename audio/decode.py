@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import ffmpeg
+from .cooperate import cooperate
 from .errors import FFmpegError, InvalidAudio
 from .model import AudioFile
 
@@ -65,6 +66,7 @@ def decode_all(
         path = workdir / f"in{pos:05d}.{f.fmt}"
         path.write_bytes(f.data)
         inputs.append(path)
+        cooperate()
     outputs = [workdir / f"dec{pos:05d}.f32" for pos in range(len(files))]
     batches = [list(range(i, min(i + BATCH_SIZE, len(files)))) for i in range(0, len(files), BATCH_SIZE)]
     workers = max(1, min(parallel or os.cpu_count() or 1, len(batches) or 1, 4))
@@ -90,6 +92,7 @@ def decode_all(
 
     decoded: list[DecodedFile] = []
     for pos, f in enumerate(files):
+        cooperate()
         inputs[pos].unlink(missing_ok=True)
         size = outputs[pos].stat().st_size
         frames = size // (BYTES_PER_SAMPLE * channels)
@@ -112,7 +115,7 @@ def _output_args(k: int, out: Path, rate: int, channels: int, max_seconds: float
         "-map", f"{k}:a:0",
         "-af", f"aresample=osr={rate}:resampler=soxr,aformat=sample_fmts=flt:channel_layouts={layout}",
         "-t", f"{max_seconds:.3f}",
-        "-f", "f32le", f"file:{out.resolve()}",
+        "-f", "f32le", ffmpeg.file_url(out),
     ]  # fmt: skip
 
 

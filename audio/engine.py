@@ -210,7 +210,7 @@ def _mp3_files(pcms: list[bytes], rate: int, bitrate_kbps: int) -> list[bytes]:
                 outs.append(out)
                 args += [
                     "-map", f"{i}:a", "-c:a", "libmp3lame", "-b:a", f"{bitrate_kbps}k",
-                    "-id3v2_version", "4", "-write_xing", "1", "-f", "mp3", f"file:{out}",
+                    "-id3v2_version", "4", "-write_xing", "1", "-f", "mp3", ffmpeg.file_url(out),
                 ]
             ffmpeg.run(args, what="embedded speech engine: mp3 encoding")
             files.extend(out.read_bytes() for out in outs)

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import FFmpegError
 
@@ -44,6 +43,20 @@ def ffmpeg_binary() -> str:
         return imageio_ffmpeg.get_ffmpeg_exe()
     except RuntimeError as exc:
         raise FFmpegError(f"ffmpeg not found: {exc}") from exc
+
+
+def warm_up() -> None:
+    """Find the binary and import what running it needs, at process start rather than in the first job.
+
+    The first invocation otherwise pays ~50 ms of imports (imageio_ffmpeg; gevent's subprocess pipes) in
+    the one thread every greenlet shares. A missing ffmpeg is not an error here: the invocation that needs
+    it reports it (FFmpegError is not cached, so it is raised again there with the same message).
+    """
+    try:
+        ffmpeg_binary()
+        run(["-version"], timeout=30, what="ffmpeg warm-up")
+    except FFmpegError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -93,8 +106,17 @@ def input_args(path: str | os.PathLike[str], fmt: str, *extra: str) -> list[str]
     """
     p = os.fspath(path)
     if p != "pipe:0" and p != "-":
-        p = "file:" + str(Path(p).resolve())
+        p = file_url(p)
     return [*SAFE_INPUT_FLAGS, "-f", fmt, *extra, "-i", p]
+
+
+def file_url(path: str | os.PathLike[str]) -> str:
+    """`file:/absolute/path`: the `file:` protocol keeps a name like `x:y.mp3` from being read as a protocol.
+
+    `os.path.abspath`, not `Path.resolve()`: our own paths need no symlink resolution, and resolve() costs an
+    lstat per path component, which adds up to tens of ms per job with hundreds of inputs in one thread.
+    """
+    return "file:" + os.path.abspath(path)
 
 
 def raw_input_args(

@@ -307,7 +307,7 @@ def _remux_m4a(path: Path, marks: list[tuple[int, int, str]], language: str | No
         args += ["-map", "0:a", "-map_metadata", "0", "-map_chapters", "1" if marks else "-1", "-c", "copy"]
         if language:
             args += ["-metadata:s:a:0", f"language={language}"]
-        args += ["-movflags", "+faststart", "-f", muxer, "file:" + str(out.resolve())]
+        args += ["-movflags", "+faststart", "-f", muxer, ffmpeg.file_url(out)]
         ffmpeg.run(args, what="writing m4a chapters")
         os.replace(out, path)
     finally:
