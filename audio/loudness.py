@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,6 +266,9 @@ class Measurement:
     channels: int
     decode_errors: int  # lines ffmpeg logged at error level or worse while reading the file
     error_lines: tuple[str, ...] = ()  # the first few of them, for messages
+    # how far the true peak may lie above the value given: 0 when read at full precision, 0.05 when only
+    # ebur128's summary (rounded to 0.1 dB) was available
+    true_peak_uncertainty_db: float = 0.0
 
     @property
     def integrated(self) -> float | None:  # short alias
@@ -303,6 +307,7 @@ _FLOAT = r"(-?(?:\d+(?:\.\d*)?|inf|nan))"
 _RE_I = re.compile(r"^\s*I:\s*" + _FLOAT + r"\s*LUFS", re.M)
 _RE_LRA = re.compile(r"^\s*LRA:\s*" + _FLOAT + r"\s*LU", re.M)
 _RE_TP = re.compile(r"True peak:\s*\n\s*Peak:\s*" + _FLOAT, re.M)
+_RE_TP_META = re.compile(r"lavfi\.r128\.true_peak=([0-9.eE+-]+)")
 _RE_SAMPLES = re.compile(r"\] \[info\] Number of samples: (\d+)")
 _RE_RMS = re.compile(r"\] \[info\] RMS level dB: " + _FLOAT)
 _RE_PEAK = re.compile(r"\] \[info\] Peak level dB: " + _FLOAT)
@@ -352,35 +357,82 @@ def measure_file(
         # generous: decoding + true peak runs at > 100x real time here; allow 20x, assuming ≥ 8 kbit/s input
         seconds = size / (4 * (sample_rate or 1) * (channels or 1)) if fmt in _RAW_FORMATS else size / 1000.0
         timeout = 60.0 + seconds / 20.0
-    # astats sees the decoded samples (exact count, RMS, sample peak, one "Channel: n" line per channel);
-    # ebur128 then measures at 48 kHz: on other rates ffmpeg's K-weighting reads up to +0.2 LU high (8 kHz),
-    # soxr upsampling removes that bias without changing the content.
-    # At 22.05 kHz and above the bias is below 0.05 LU (10-min mp3 at 24 kHz: -16.3 LUFS / -1.3 dBTP either
-    # way) and the resampler costs ~15 % of the run, so only lower rates are upsampled.
+    with tempfile.TemporaryDirectory(prefix="ttsp-measure-") as scratch:
+        res = ffmpeg.run(
+            ["-nostats", "-loglevel", MEASURE_LOGLEVEL, *inputs,
+             "-filter_complex", measurement_graph("[0:a:0]", sample_rate), "-map", "[measured]", "-f", "null", "-"],
+            timeout=timeout,
+            what=f"measuring {path.name}",
+            cwd=scratch,
+        )
+        rate_found = _RE_IN_RATE.findall(res.stderr)
+        return parse_measurement(
+            res.stderr, int(rate_found[0]) if rate_found else 0, f"measuring {path.name}", scratch
+        )
+
+
+MEASURE_LOGLEVEL = "repeat+level+info"  # parse_measurement reads astats' and ebur128's info-level summaries
+TRUE_PEAK_LOG = "true-peak.log"  # written by measurement_graph into the run's working directory
+
+
+def measurement_graph(source: str, sample_rate: int | None) -> str:
+    """Filtergraph (for -filter_complex) that measures the stream labelled `source`; its output is
+    `[measured]`, to be mapped to the null muxer, and ffmpeg must log at MEASURE_LOGLEVEL.
+
+    astats sees the decoded samples (exact count, RMS, sample peak, one "Channel: n" line per channel);
+    ebur128 then measures at 48 kHz: on other rates ffmpeg's K-weighting reads up to +0.2 LU high (8 kHz),
+    soxr upsampling removes that bias without changing the content. At 22.05 kHz and above the bias is below
+    0.05 LU (10-min mp3 at 24 kHz: -16.3 LUFS / -1.3 dBTP either way) and the resampler costs ~15 % of the
+    run, so only lower rates (or an unknown one) are upsampled.
+
+    ebur128's summary prints the true peak rounded to 0.1 dB, too coarse to tell −1.04 from −0.96 dBTP at a
+    −1 dBTP ceiling. Its per-frame metadata carries the running maximum at full precision; `ametadata`
+    writes it to TRUE_PEAK_LOG (a relative name: the run's cwd must be a scratch directory), and
+    parse_measurement reads the last value. ~10 k short lines per 10 minutes of audio.
+    """
     upsample = "aresample=48000:resampler=soxr," if not sample_rate or sample_rate < 22050 else ""
-    graph = (
-        "[0:a:0]astats=metadata=0:reset=0:measure_perchannel=Number_of_samples"
+    return (
+        f"{source}astats=metadata=0:reset=0:measure_perchannel=Number_of_samples"
         ":measure_overall=Number_of_samples+RMS_level+Peak_level,"
-        f"{upsample}ebur128=peak=true:framelog=quiet[out]"
+        f"{upsample}ebur128=peak=true:framelog=quiet:metadata=1,"
+        f"ametadata=mode=print:key=lavfi.r128.true_peak:file={TRUE_PEAK_LOG}[measured]"
     )
-    res = ffmpeg.run(
-        ["-nostats", "-loglevel", "repeat+level+info", *inputs,
-         "-filter_complex", graph, "-map", "[out]", "-f", "null", "-"],
-        timeout=timeout,
-        what=f"measuring {path.name}",
-    )
-    err = res.stderr
+
+
+def _precise_true_peak(scratch: str | os.PathLike[str] | None) -> float | None:
+    """The last (= whole-programme) true peak in dBTP from TRUE_PEAK_LOG, or None if there is none."""
+    if scratch is None:
+        return None
+    log = Path(scratch) / TRUE_PEAK_LOG
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, log.stat().st_size - 4096))
+            tail = fh.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    found = _RE_TP_META.findall(tail)
+    if not found:
+        return None
+    linear = float(found[-1])
+    return 20 * math.log10(linear) if linear > 0 and math.isfinite(linear) else None
+
+
+def parse_measurement(err: str, rate: int, what: str, scratch: str | os.PathLike[str] | None = None) -> Measurement:
+    """The Measurement in the stderr of an ffmpeg run that used measurement_graph(); `rate` is the rate of
+    the measured stream as decoded; `scratch` the run's cwd, where the precise true peak was logged (without
+    it, or if that log is missing, the summary's 0.1 dB value is used). Raises FFmpegError when nothing was
+    decoded."""
     errors = [line for line in err.splitlines() if "[error]" in line or "[fatal]" in line]
     samples_found = _RE_SAMPLES.findall(err)
-    rate_found = _RE_IN_RATE.findall(err)
-    if not samples_found or not rate_found:
-        raise FFmpegError(f"measuring {path.name}: no audio decoded", err)
+    if not samples_found or not rate:
+        raise FFmpegError(f"{what}: no audio decoded", err)
     samples = int(samples_found[-1])
-    rate = int(rate_found[0])
+    precise = _precise_true_peak(scratch)
     return Measurement(
         integrated_lufs=_value(_RE_I, err, floor=ABSOLUTE_GATE_LUFS),
         loudness_range_lu=_value(_RE_LRA, err),
-        true_peak_dbtp=_value(_RE_TP, err),
+        true_peak_dbtp=precise if precise is not None else _value(_RE_TP, err),
+        true_peak_uncertainty_db=0.0 if precise is not None else 0.05,
         sample_peak_db=_value(_RE_PEAK, err),
         rms_db=_value(_RE_RMS, err),
         duration_s=samples / rate,

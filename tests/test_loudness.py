@@ -215,6 +215,21 @@ def test_measure_file_matches_pyloudnorm_on_decoded_audio(speech_files, fmt):
     assert m.rms_db == pytest.approx(rms, abs=0.05)
 
 
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "ogg"])
+def test_true_peak_is_read_at_full_precision(speech_files, fmt):
+    """The summary rounds the true peak to 0.1 dB; the metadata log gives it exactly: it agrees with an
+    independent 4x polyphase oversampler (a different filter: within 0.1 dB) and is rarely a round value."""
+    from scipy.signal import resample_poly
+
+    m = measure_file(speech_files[fmt], fmt)
+    samples, _, _ = decode_f32(speech_files[fmt], fmt)
+    up = resample_poly(samples.astype(np.float64), 4, 1, axis=0)
+    independent = 20 * math.log10(max(np.abs(up).max(), np.abs(samples).max()))
+    assert m.true_peak_uncertainty_db == 0.0
+    assert m.true_peak_dbtp == pytest.approx(independent, abs=0.1)
+    assert abs(m.true_peak_dbtp * 10 - round(m.true_peak_dbtp * 10)) > 1e-6  # not the 0.1 dB summary value
+
+
 def test_measure_wav_duration_is_exact(tmp_path):
     for frames in (24000 * 2 + 1, 12345):
         src = write_f32(tmp_path / "p.f32", speech_like(frames / 24000, 24000, seed=frames))

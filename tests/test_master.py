@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import mimetypes
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from mutagen.mp3 import MP3, BitrateMode
 from scipy.signal import resample_poly
 
 from audio import ffmpeg
+from audio import master as master_module
 from audio.errors import OutputTooLarge
 from audio.loudness import LoudnessMeter, PeakProfile, measure_file
 from audio.master import FORMATS, LimiterModel, legal_bitrate, master, output_rate
@@ -121,6 +123,52 @@ def test_streaming_on_peaky_mono_speech_is_close_or_explained(progs, tmp_path, f
     assert lufs == pytest.approx(-14.0, abs=2.0)
     if abs(lufs + 14.0) > 1.0:
         assert any("peaks" in note or "misses" in note for note in e.notes), e.notes
+
+
+@pytest.mark.parametrize("prog", ["stereo44", "mono22"])
+@pytest.mark.parametrize("fmt", FMTS)
+def test_the_measurement_taken_while_encoding_equals_reading_the_file_back(progs, tmp_path, fmt, prog):
+    """master measures through a loopback decoder inside the encoding run; a separate decode of the written
+    file must agree: same loudness and peaks, and (AAC/Opus end padding accounted for) the same length."""
+    e = progs[prog].master(LOUDNESS_PRESETS["podcast"], tmp_path, fmt=fmt)
+    m = measure_file(e.path, DEMUX[fmt], sample_rate=e.sample_rate)  # same rule for ebur128's 48 kHz upsampling
+    assert e.loudness_lufs == pytest.approx(m.integrated_lufs, abs=0.02)
+    assert e.true_peak_dbtp == pytest.approx(m.true_peak_dbtp, abs=0.02)
+    assert e.rms_db == pytest.approx(m.rms_db, abs=0.02)
+    assert e.channels == m.channels == progs[prog].channels
+    assert e.duration_s == m.duration_s
+
+
+def _stubborn_peak(monkeypatch, over_for: int) -> list[tuple[float, float]]:
+    """Make the first `over_for` encodes report a true peak of -0.7 dBTP whatever the gain, as LAME did at
+    one hard-limited transient of the 41-minute benchmark; returns the (gain, threshold) of every encode."""
+    real = master_module._encode
+    calls: list[tuple[float, float]] = []
+
+    def encode(*args):
+        m = real(*args)
+        calls.append((args[7], args[8]))
+        return replace(m, true_peak_dbtp=-0.7) if len(calls) <= over_for else m
+
+    monkeypatch.setattr(master_module, "_encode", encode)
+    return calls
+
+
+def test_a_peak_that_does_not_scale_down_gets_one_more_encode(progs, tmp_path, monkeypatch):
+    calls = _stubborn_peak(monkeypatch, over_for=2)
+    e = progs["mono24"].master(LOUDNESS_PRESETS["podcast"], tmp_path, fmt="mp3")
+    assert e.encodes == 3 and len(calls) == 3
+    (g1, l1), (g2, l2), (g3, l3) = calls
+    assert g1 - g2 == pytest.approx(l1 - l2) and g2 - g3 == pytest.approx(0.3 + 0.3, abs=0.01)  # over + safety
+    assert l3 == pytest.approx(l2 - 0.6, abs=0.01)
+    assert e.true_peak_dbtp <= -1.0 and not any("ceiling" in n for n in e.notes)
+
+
+def test_a_peak_still_over_after_the_retries_is_reported(progs, tmp_path, monkeypatch):
+    calls = _stubborn_peak(monkeypatch, over_for=99)
+    e = progs["mono24"].master(LOUDNESS_PRESETS["podcast"], tmp_path, fmt="mp3")
+    assert e.encodes == len(calls) == 2 + master_module.PEAK_RETRIES
+    assert any("above the -1.0 dBTP ceiling" in n for n in e.notes), e.notes
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "m4a", "ogg", "wav"])
