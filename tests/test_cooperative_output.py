@@ -52,3 +52,14 @@ def test_an_sdk_without_put_is_left_alone(monkeypatch):
     monkeypatch.delattr(ResponseWriter, "put")
     assert cooperative_output.make_output_cooperative() is False
     assert not hasattr(ResponseWriter, "put")
+
+
+def test_the_hub_itself_never_yields():
+    """A message written from a hub callback must not try to switch (gevent raises BlockingSwitchOutError)."""
+    import gevent
+
+    seen: list[bool] = []
+    gevent.get_hub().loop.run_callback(lambda: seen.append(cooperative_output.in_hub()))
+    gevent.spawn(lambda: seen.append(cooperative_output.in_hub())).join()
+    gevent.sleep(0)
+    assert sorted(seen) == [False, True]

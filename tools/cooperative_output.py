@@ -21,6 +21,15 @@ from audio.cooperate import cooperate
 _MARK = "_tts_pipeline_cooperative"
 
 
+def in_hub() -> bool:
+    """True when running in gevent's hub itself (a loop callback), where a sleep must not switch."""
+    try:
+        import gevent
+    except ImportError:  # pragma: no cover - gevent comes with dify_plugin
+        return False
+    return gevent.getcurrent() is gevent.get_hub()
+
+
 def make_output_cooperative() -> bool:
     """Patch `ResponseWriter.put` once; returns False (and changes nothing) if this SDK has no such method."""
     try:
@@ -35,7 +44,8 @@ def make_output_cooperative() -> bool:
 
     @functools.wraps(original)
     def put(self: Any, *args: Any, **kwargs: Any) -> Any:
-        cooperate()
+        if not in_hub():
+            cooperate()
         return original(self, *args, **kwargs)
 
     setattr(put, _MARK, True)
