@@ -68,24 +68,35 @@ class Cache(Protocol):
 # entry encoding
 
 
+def _sealed(body: bytes) -> bytes:
+    """`body` followed by its sha256: the layout of every value this module stores."""
+    return body + hashlib.sha256(body).digest()
+
+
+def _unsealed(data: bytes, magic: bytes, fixed: int, kind: str) -> bytes:
+    """The body of a `_sealed` value, after checking its magic, its minimum length (`fixed` header bytes), its
+    digest and the format version byte that follows the magic. Raises CacheCorrupt naming `kind`."""
+    if len(data) < fixed + _DIGEST or data[: len(magic)] != magic:
+        raise CacheCorrupt(f"not a cache {kind}")
+    body, digest = data[:-_DIGEST], data[-_DIGEST:]
+    if hashlib.sha256(body).digest() != digest:
+        raise CacheCorrupt(f"{kind} checksum mismatch")
+    if body[len(magic)] != CACHE_FORMAT_VERSION:
+        raise CacheCorrupt(f"{kind} version {body[len(magic)]}")
+    return body
+
+
 def encode_entry(chunks: list[bytes]) -> bytes:
     """Serialize chunks (see the module docstring for the layout)."""
     head = _ENTRY_MAGIC + struct.pack(f"<BI{len(chunks)}I", CACHE_FORMAT_VERSION, len(chunks), *map(len, chunks))
-    body = head + b"".join(chunks)
-    return body + hashlib.sha256(body).digest()
+    return _sealed(head + b"".join(chunks))
 
 
 def decode_entry(data: bytes) -> list[bytes]:
     """Inverse of `encode_entry`. Raises CacheCorrupt unless `data` is exactly one intact entry."""
     fixed = len(_ENTRY_MAGIC) + 5
-    if len(data) < fixed + _DIGEST or data[:4] != _ENTRY_MAGIC:
-        raise CacheCorrupt("not a cache entry")
-    body, digest = data[:-_DIGEST], data[-_DIGEST:]
-    if hashlib.sha256(body).digest() != digest:
-        raise CacheCorrupt("checksum mismatch")
-    version, count = struct.unpack_from("<BI", body, 4)
-    if version != CACHE_FORMAT_VERSION:
-        raise CacheCorrupt(f"entry version {version}")
+    body = _unsealed(data, _ENTRY_MAGIC, fixed, "entry")
+    (count,) = struct.unpack_from("<I", body, len(_ENTRY_MAGIC) + 1)
     if fixed + 4 * count > len(body):
         raise CacheCorrupt("chunk table truncated")
     lengths = struct.unpack_from(f"<{count}I", body, fixed)
@@ -102,21 +113,14 @@ def decode_entry(data: bytes) -> list[bytes]:
 def _encode_manifest(nonce: str, parts: list[bytes]) -> bytes:
     head = _MANIFEST_MAGIC + struct.pack("<B4sI", CACHE_FORMAT_VERSION, bytes.fromhex(nonce), len(parts))
     table = b"".join(struct.pack("<I", len(p)) + hashlib.sha256(p).digest() for p in parts)
-    body = head + table
-    return body + hashlib.sha256(body).digest()
+    return _sealed(head + table)
 
 
 def _decode_manifest(data: bytes) -> tuple[str, list[tuple[int, bytes]]]:
     """(nonce, [(part length, part sha256)]) of a manifest value. Raises CacheCorrupt."""
     fixed = len(_MANIFEST_MAGIC) + 9
-    if len(data) < fixed + _DIGEST or data[:4] != _MANIFEST_MAGIC:
-        raise CacheCorrupt("not a cache manifest")
-    body, digest = data[:-_DIGEST], data[-_DIGEST:]
-    if hashlib.sha256(body).digest() != digest:
-        raise CacheCorrupt("manifest checksum mismatch")
-    version, nonce, count = struct.unpack_from("<B4sI", body, 4)
-    if version != CACHE_FORMAT_VERSION:
-        raise CacheCorrupt(f"manifest version {version}")
+    body = _unsealed(data, _MANIFEST_MAGIC, fixed, "manifest")
+    nonce, count = struct.unpack_from("<4sI", body, len(_MANIFEST_MAGIC) + 1)
     if len(body) != fixed + 36 * count:
         raise CacheCorrupt("manifest length mismatch")
     table = [struct.unpack_from("<I32s", body, fixed + 36 * i) for i in range(count)]
