@@ -7,7 +7,8 @@
         ├─ ffmpeg: [layout] → volume → soxr ↑4× → alimiter → soxr ↓ → encoder → file      (one process)
         │                                      └→ loopback decoder → astats + ebur128 (integrated, true peak, RMS)
         └─ off target by > 0.5 LU, or true peak over the ceiling (or over max_bytes)? learn from the
-           measurement (model scale/offset, this codec's overshoot), correct once and re-encode
+           measurement (model scale/offset, this codec's overshoot), correct once and re-encode; if the
+           codec still leaves a peak over the ceiling, scale down once more (PEAK_RETRIES)
 
 Loudness targets (audio.model.LoudnessTarget):
 - `integrated` set: the integrated loudness of the encoded file is aimed at the target (channel-layout
@@ -117,7 +118,6 @@ FORMATS: dict[str, FormatSpec] = {
     "flac": FormatSpec("flac", "flac", "audio/flac", ".flac", True),
     "wav": FormatSpec("pcm_s16le", "wav", "audio/x-wav", ".wav", True),
 }  # fmt: skip
-# demuxer for reading each output back
 _TAG_RESERVE_BYTES = 64 * 1024  # room for the tags/chapters audio.tags writes afterwards
 _WAV_HEADER_BYTES = 44
 
@@ -694,8 +694,9 @@ def master(
     them (None: measured here). `profile`: the programme's PeakProfile if the caller built one while writing
     it (saves one read of the file); otherwise it is built here in ~2 s pieces.
 
-    Normally one encoder run and one measurement run; one more of each when the first result misses the
-    loudness target by more than 0.5 LU, has a true peak over the ceiling, or (rarely) is over max_bytes.
+    Normally one ffmpeg run (encode + measurement); one more when the first result misses the loudness
+    target by more than 0.5 LU, has a true peak over the ceiling, or (rarely) is over max_bytes; and up to
+    PEAK_RETRIES more while the true peak is still over the ceiling.
     Raises OutputTooLarge when no allowed bitrate fits, InvalidInput for an unknown format.
     """
     program = Path(program)
@@ -730,6 +731,14 @@ def master(
         lim = limit if limiter else None
         return _encode(program, sample_rate, channels, fmt, kbps, out_rate, out_channels, gain, lim, out, duration_s)
 
+    def encode_again() -> tuple[Measurement, int]:
+        """A corrective encode and its size; it must fit (no bitrate step comes after it)."""
+        m = encode_and_measure()
+        size = out.stat().st_size
+        if size > options.max_bytes - _TAG_RESERVE_BYTES:
+            raise OutputTooLarge(_too_large_message(fmt, duration_s, options, size))
+        return m, size
+
     m = encode_and_measure()
     encodes = 1
     size = out.stat().st_size
@@ -744,7 +753,7 @@ def master(
             # Scale the whole limited signal down: gain and threshold drop together, so the limiting (and
             # with it the codec's overshoot) stays as it was and the true peak drops by the same amount.
             # Pushing the level back up with more limiting would bring the overshoot back (measured).
-            new_gain, new_limit = gain - over - PASS2_SAFETY_DB, limit - over - PASS2_SAFETY_DB
+            new_gain, new_limit = _scaled_down(gain, limit, over)
         elif plan.target is not None and got is not None and plan.model is not None:
             # only the level is off: re-solve with the model corrected by this measurement; keep the true
             # peak's measured headroom for the overshoot that extra limiting adds (b per LU)
@@ -775,11 +784,8 @@ def master(
         limiter = bool(over) or _needs_limiter(plan, gain, limit)
         if too_big:
             kbps = _step_down(fmt, kbps, out_rate, size, options, duration_s, notes)
-        m = encode_and_measure()
+        m, size = encode_again()
         encodes = 2
-        size = out.stat().st_size
-        if size > options.max_bytes - _TAG_RESERVE_BYTES:
-            raise OutputTooLarge(_too_large_message(fmt, duration_s, options, size))
         # A lossy codec's overshoot is not always proportional to the level: at a hard-limited transient LAME
         # can put back the same peak after the whole signal was scaled down (measured on the 41-min benchmark
         # programme: scaling by 0.3-0.7 dB left a -0.7 dBTP peak where it was, 0.8 dB gave -1.3 dBTP). The
@@ -788,10 +794,9 @@ def master(
             _, over = _misses(plan, m)
             if not over:
                 break
-            gain, limit, limiter = gain - over - PASS2_SAFETY_DB, limit - over - PASS2_SAFETY_DB, True
-            m = encode_and_measure()
+            (gain, limit), limiter = _scaled_down(gain, limit, over), True
+            m, size = encode_again()
             encodes += 1
-            size = out.stat().st_size
     _check_result(plan, m, notes)
     return _encoded(out, fmt, spec, kbps, out_rate, m, size, gain, notes, encodes)
 
@@ -817,6 +822,12 @@ def _encoded(
         rms_db=m.rms_db,
         encodes=encodes,
     )
+
+
+def _scaled_down(gain: float, limit: float, over: float) -> tuple[float, float]:
+    """(gain, threshold) both lowered by what the true peak is over, plus PASS2_SAFETY_DB: the limited signal
+    as it was, only quieter, so the limiting (and the codec's overshoot with it) stays the same."""
+    return gain - over - PASS2_SAFETY_DB, limit - over - PASS2_SAFETY_DB
 
 
 def _direct_correction(plan: _Plan, m: Measurement, gain: float, limit: float) -> tuple[float, float] | None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import gevent
+
 from audio.cooperate import cooperate
 
 _MARK = "_tts_pipeline_cooperative"
@@ -23,10 +25,6 @@ _MARK = "_tts_pipeline_cooperative"
 
 def in_hub() -> bool:
     """True when running in gevent's hub itself (a loop callback), where a sleep must not switch."""
-    try:
-        import gevent
-    except ImportError:  # pragma: no cover - gevent comes with dify_plugin
-        return False
     return gevent.getcurrent() is gevent.get_hub()
 
 
