@@ -14,6 +14,7 @@ Between files `cooperate()` lets the gevent hub run when inside the Dify SDK.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from scipy.ndimage import maximum_filter1d, minimum_filter1d, uniform_filter1d
 
 from .cooperate import cooperate
 from .decode import DecodedFile
-from .loudness import LoudnessMeter
+from .loudness import LoudnessMeter, gated_loudness
 from .model import Request, TimelineEntry
 
 WINDOW_S = 0.010  # silence detection resolution
@@ -115,6 +116,42 @@ def control_peaks(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     return x * (gain if x.ndim == 1 else gain[:, None])
 
 
+LEVEL_BAND_LU = 1.5  # a file may differ this much from its speaker's typical loudness before it is touched
+LEVEL_MAX_DB = 12.0  # the largest correction one file gets
+
+
+def level_corrections(measured: Sequence[tuple[str, Path, LoudnessMeter]]) -> dict[Path, float]:
+    """Gain (dB) per file that brings files whose loudness strays more than LEVEL_BAND_LU from their
+    speaker's typical loudness back to the edge of that band.
+
+    TTS calls are independent: a provider (or a retry, or a cache entry from another day) can return one
+    sentence several dB louder or softer than its neighbours, which no speaker-wide gain fixes and which the
+    final limiter would otherwise have to crush (measured on the ±6 dB benchmark workload: 4.9 LU of limiting
+    at −16 LUFS, and LAME then overshoots the true-peak ceiling). Differences inside the band are the voice's
+    own expression and are kept. The typical loudness is the duration-weighted median of the speaker's
+    files (robust to the outliers being corrected). Files too short to measure keep their level.
+    """
+    by_speaker: dict[str, list[tuple[Path, float, float]]] = {}
+    for key, path, meter in measured:
+        lufs = meter.integrated()
+        if lufs is not None:
+            by_speaker.setdefault(key, []).append((path, lufs, meter.duration_s))
+    gains: dict[Path, float] = {}
+    for files in by_speaker.values():
+        ordered = sorted(files, key=lambda f: f[1])
+        half, acc, typical = sum(f[2] for f in ordered) / 2, 0.0, ordered[-1][1]
+        for _, lufs, seconds in ordered:
+            acc += seconds
+            if acc >= half:
+                typical = lufs
+                break
+        for path, lufs, _ in files:
+            excess = abs(lufs - typical) - LEVEL_BAND_LU
+            if excess > 0:
+                gains[path] = -math.copysign(min(excess, LEVEL_MAX_DB), lufs - typical)
+    return gains
+
+
 def apply_fades(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """Half-cosine fade-in and fade-out of FADE_S at both ends (in place on a float32 copy)."""
     out = np.array(samples, dtype=np.float32, copy=True)
@@ -146,6 +183,7 @@ def assemble(
     pause_ms: int,
     level_speakers_to: float | None,
     peak_control: bool | None = None,
+    level_files: bool | None = None,
 ) -> Programme:
     """Write the programme for `groups` (each request with its decoded files, in order) to out_path.
 
@@ -156,6 +194,8 @@ def assemble(
     """
     if peak_control is None:
         peak_control = level_speakers_to is not None
+    if level_files is None:
+        level_files = level_speakers_to is not None
 
     def prepare(samples: np.ndarray, bounds: tuple[int, int]) -> np.ndarray:
         piece = samples[bounds[0] : bounds[1]]
@@ -165,20 +205,36 @@ def assemble(
     bounds: dict[Path, tuple[int, int] | None] = {}
     speakers = {_speaker_key(req) for req, _ in groups}
     gains: dict[str, float] = dict.fromkeys(speakers, 0.0)
+    file_gains: dict[Path, float] = {}
 
-    if level_speakers_to is not None and len(speakers) > 1:
-        meters = {key: LoudnessMeter(sample_rate, channels) for key in speakers}
+    if level_speakers_to is not None and (level_files or len(speakers) > 1):
+        # First pass: each file's speech, peak-controlled, written back in place (the second pass reads it
+        # ready), and its loudness blocks; from those the per-file and per-speaker gains.
+        measured: list[tuple[str, Path, LoudnessMeter]] = []
         for req, files in groups:
             for d in files:
                 samples = _load(d)
-                b = bounds[d.path] = speech_bounds(samples, sample_rate)
+                b = speech_bounds(samples, sample_rate)
                 if b:
-                    meters[_speaker_key(req)].add(prepare(samples, b))
+                    piece = prepare(samples, b)
+                    piece.astype("<f4", copy=False).tofile(d.path)
+                    b = (0, len(piece))
+                    meter = LoudnessMeter(sample_rate, channels)
+                    meter.add(piece)
+                    measured.append((_speaker_key(req), d.path, meter))
+                bounds[d.path] = b
                 cooperate()
-        for key, meter in meters.items():
-            measured = meter.integrated()
-            if measured is not None:
-                gains[key] = float(np.clip(level_speakers_to - measured, -30.0, 30.0))
+        prepared = set(bounds)
+        if level_files:
+            file_gains = level_corrections(measured)
+        if len(speakers) > 1:
+            for key in speakers:
+                blocks = [m.block_energies() * 10 ** (file_gains.get(p, 0.0) / 10) for k, p, m in measured if k == key]
+                loudness = gated_loudness(np.concatenate(blocks)) if blocks else None
+                if loudness is not None:
+                    gains[key] = float(np.clip(level_speakers_to - loudness, -30.0, 30.0))
+    else:
+        prepared = set()
 
     programme_meter = LoudnessMeter(sample_rate, channels)
     timeline: list[TimelineEntry] = []
@@ -210,9 +266,10 @@ def assemble(
                     continue
                 if wrote_speech:
                     write_silence(out, pause_ms)
-                piece = apply_fades(prepare(samples, b), sample_rate)
-                if gain != 1.0:
-                    piece *= np.float32(gain)
+                piece = apply_fades(samples if d.path in prepared else prepare(samples, b), sample_rate)
+                g = gain * 10 ** (file_gains.get(d.path, 0.0) / 20)
+                if g != 1.0:
+                    piece *= np.float32(g)
                 out.write(piece.astype("<f4", copy=False).tobytes())
                 programme_meter.add(piece)
                 frames_written += len(piece)

@@ -152,15 +152,7 @@ class LoudnessMeter:
 
     def integrated(self) -> float | None:
         """Gated integrated loudness in LUFS; None when no block passes the gates (silence, < 400 ms)."""
-        blocks = self.block_energies()
-        with np.errstate(divide="ignore"):
-            loud = _OFFSET + 10.0 * np.log10(blocks)
-        above_abs = blocks[loud > ABSOLUTE_GATE_LUFS]
-        if above_abs.size == 0:
-            return None
-        relative_gate = _lufs(float(above_abs.mean())) + RELATIVE_GATE_LU
-        gated = blocks[(loud > ABSOLUTE_GATE_LUFS) & (loud > relative_gate)]
-        return _lufs(float(gated.mean()))
+        return gated_loudness(self.block_energies())
 
     def ungated(self) -> float | None:
         """K-weighted loudness of ALL audio seen, without gating (defined for clips shorter than 400 ms).
@@ -181,6 +173,20 @@ class LoudnessMeter:
     def sample_peak_db(self) -> float | None:
         """Largest absolute sample value in dBFS; None for digital silence."""
         return 20.0 * math.log10(self._peak) if self._peak > 0.0 else None
+
+
+def gated_loudness(blocks: np.ndarray) -> float | None:
+    """BS.1770 gating over 400 ms block energies (LoudnessMeter.block_energies; several meters' blocks may be
+    concatenated, and scaled by a gain, to get the loudness of their audio together). None: nothing above the
+    gates."""
+    with np.errstate(divide="ignore"):
+        loud = _OFFSET + 10.0 * np.log10(blocks)
+    above_abs = blocks[loud > ABSOLUTE_GATE_LUFS]
+    if above_abs.size == 0:
+        return None
+    relative_gate = _lufs(float(above_abs.mean())) + RELATIVE_GATE_LU
+    gated = blocks[(loud > ABSOLUTE_GATE_LUFS) & (loud > relative_gate)]
+    return _lufs(float(gated.mean()))
 
 
 def meter_raw_file(

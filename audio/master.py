@@ -91,11 +91,13 @@ class FormatSpec:
     # ~0.4 LU of loudness (its low-pass).
     margins: tuple[tuple[int, float, float], ...] = ((0, 0.5, 0.0),)  # lossless: soxr round trip, s16
     codec_loss_db: float = 0.0  # loudness the encoder's low-pass takes (measured), compensated in the gain
+    fast_margins: tuple[tuple[int, float, float], ...] = ()  # margins in the encoder's fast mode (mp3_fast)
 
-    def margin(self, kbps: int | None, channels: int) -> tuple[float, float]:
-        """(a, b) of the limiter margin a + b·λ for this bitrate."""
+    def margin(self, kbps: int | None, channels: int, fast: bool = False) -> tuple[float, float]:
+        """(a, b) of the limiter margin a + b·λ for this bitrate (and encoder mode)."""
         per_channel = (kbps or 0) / max(1, channels)
-        return next((a, b) for floor, a, b in self.margins if per_channel >= floor)
+        table = self.fast_margins if fast and self.fast_margins else self.margins
+        return next((a, b) for floor, a, b in table if per_channel >= floor)
 
 
 # MIME types chosen for Dify's mimetypes.guess_extension(): audio/opus → .opus (audio/ogg would be .oga),
@@ -104,7 +106,7 @@ FORMATS: dict[str, FormatSpec] = {
     "mp3": FormatSpec(
         "libmp3lame", "mp3", "audio/mpeg", ".mp3", False, (64, 128),
         (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000), 0.01,
-        ((0, 1.9, 0.4),), 0.4,
+        ((0, 1.9, 0.4),), 0.4, ((0, 1.0, 0.25),),
     ),
     "m4a": FormatSpec(
         "aac", "mp4", "audio/mp4", ".m4a", False, (64, 96),
@@ -549,6 +551,23 @@ def _filter_chain(
     return ",".join(parts) or "anull"
 
 
+MP3_FAST_BITS_PER_SAMPLE = 1.4  # kbit/s per channel per kHz from which LAME's -q 7 is used (mp3_fast)
+
+
+def mp3_fast(kbps: int | None, rate: int, channels: int) -> bool:
+    """Whether LAME runs at -q 7 (no noise shaping) instead of its default -q 5 for this mp3.
+
+    Measured on 5 min of eSpeak speech (PESQ-WB, 20 excerpts, and true peak behind a −3.85 dBFS limiter):
+    24 kHz mono 64 kbit/s: PESQ 3.97 vs 3.68, SNR 22.9 vs 18.4 dB, true peak −3.2 vs −0.4 dBTP, and LAME
+    runs twice as fast; 44.1 kHz stereo 128k 4.42 vs 4.29; 48 kHz mono 96k 4.53 vs 4.52; 24 kHz mono
+    40–48k and 16 kHz mono 32k better too. Noise shaping moves quantization noise into bands the psychoacoustic
+    model deems masked, which on limited speech piles up at transients and puts the limited peaks back up by
+    2–3 dB. Below ~1.4 kbit/s per channel per kHz of sample rate (24 kHz mono 32k, 44.1 kHz mono 48k, stereo
+    64k) noise shaping wins (PESQ −0.07 to −0.22 without it), so the default stays there.
+    """
+    return bool(kbps) and kbps / max(1, channels) >= MP3_FAST_BITS_PER_SAMPLE * rate / 1000
+
+
 OPUS_CUTOFFS_HZ = (4000, 6000, 8000, 12000, 20000)  # the bandwidths libopus accepts
 
 
@@ -570,13 +589,17 @@ def codec_lowpass_hz(fmt: str, kbps: int | None, rate: int, channels: int) -> in
     return hz
 
 
-def _codec_args(fmt: str, kbps: int | None, lowpass_hz: int | None = None) -> list[str]:
+def _codec_args(
+    fmt: str, kbps: int | None, lowpass_hz: int | None = None, rate: int = 0, channels: int = 1
+) -> list[str]:
     spec = FORMATS[fmt]
     args = ["-c:a", spec.codec]
     if lowpass_hz:
         args += ["-cutoff", str(lowpass_hz)]
     if fmt == "mp3":
         args += ["-b:a", f"{kbps}k", "-write_xing", "1"]  # CBR; Xing/Info + LAME header (seekable output)
+        if mp3_fast(kbps, rate, channels):
+            args += ["-compression_level", "7"]
     elif fmt == "m4a":
         # the "fast" coder: 5x faster than the default twoloop here, with less peak overshoot, fine for speech
         args += ["-b:a", f"{kbps}k", "-aac_coder", "fast", "-movflags", "+faststart"]
@@ -619,7 +642,7 @@ def _encode(
         "-nostats", "-loglevel", MEASURE_LOGLEVEL,
         *ffmpeg.raw_input_args(program, sample_rate, channels),
         "-af", _filter_chain(channels, sample_rate, out_channels, out_rate, gain_db, limit_db, lowpass),
-        *_codec_args(fmt, kbps, lowpass),
+        *_codec_args(fmt, kbps, lowpass, out_rate, out_channels),
         "-ar", str(out_rate), "-ac", str(out_channels),
         "-map_metadata", "-1",
         "-f", spec.muxer, ffmpeg.file_url(out),
@@ -720,7 +743,7 @@ def master(
         program, sample_rate, channels, out_channels, duration_s, measured_lufs, measured_rms_db, target, profile,
         notes,
     )
-    a, b = spec.margin(kbps, out_channels)
+    a, b = spec.margin(kbps, out_channels, fmt == "mp3" and mp3_fast(kbps, out_rate, out_channels))
     if plan.target is not None:
         plan = replace(plan, offset=spec.codec_loss_db)
     gain, limit = _settle(plan, lambda loss: a + b * min(loss, MARGIN_LOSS_CAP_LU), notes)

@@ -130,3 +130,60 @@ def test_peak_control_is_off_when_loudness_is_off(tmp_path):
     prog = assemble.assemble([(Request(0, "x"), [d])], tmp_path / "p.f32", sample_rate=RATE, channels=1,
                              pause_ms=0, level_speakers_to=None)
     assert np.max(np.abs(np.fromfile(prog.path, dtype="<f4"))) == pytest.approx(0.95, abs=1e-3)
+
+
+def _one_speaker(tmp_path, levels: list[float]):
+    groups = []
+    for i, level in enumerate(levels):
+        d = _decoded(tmp_path, f"f{i}", _padded(_tone(1.5, level, 200 + 30 * i), 0.1, 0.1), i)
+        groups.append((Request(i, f"sentence {i}"), [d]))
+    return groups
+
+
+def _entry_levels(prog) -> list[float]:
+    x = np.fromfile(prog.path, dtype="<f4")
+    meter = pyloudnorm.Meter(RATE)
+    return [meter.integrated_loudness(x[int(e.start * RATE) : int(e.end * RATE)]) for e in prog.timeline]
+
+
+def test_sentences_that_stray_from_their_speaker_are_brought_back_to_the_band(tmp_path):
+    # one voice, typical −20; one call came back 8 dB louder, one 9 dB softer, one 1 dB softer (its own)
+    levels = [-20, -20, -12, -20, -29, -20, -21, -20]
+    prog = assemble.assemble(_one_speaker(tmp_path, levels), tmp_path / "p.f32", sample_rate=RATE, channels=1,
+                             pause_ms=200, level_speakers_to=-16.0, peak_control=False)
+    got = _entry_levels(prog)
+    typical = float(np.median(got))
+    band = assemble.LEVEL_BAND_LU
+    assert got[2] - typical == pytest.approx(band, abs=0.2)  # +8 → the top of the band
+    assert got[4] - typical == pytest.approx(-band, abs=0.2)  # −9 → the bottom
+    x = np.fromfile(prog.path, dtype="<f4")
+    inside = x[int(prog.timeline[6].start * RATE) : int(prog.timeline[6].end * RATE)]
+    assert np.max(np.abs(inside)) == pytest.approx(np.max(np.abs(_tone(1.5, -21, 380))), rel=1e-4)  # untouched
+    assert max(got) - min(got) <= 2 * band + 0.3
+
+
+def test_sentence_leveling_is_off_with_loudness_off(tmp_path):
+    levels = [-20, -12, -20]
+    prog = assemble.assemble(_one_speaker(tmp_path, levels), tmp_path / "p.f32", sample_rate=RATE, channels=1,
+                             pause_ms=200, level_speakers_to=None)
+    got = _entry_levels(prog)
+    assert got[1] - got[0] == pytest.approx(8.0, abs=0.2)
+
+
+def test_speaker_leveling_counts_the_corrected_sentences(tmp_path):
+    # Host has one sentence 10 dB too loud; after it is corrected the two voices must still match
+    groups = []
+    for i, (speaker, level) in enumerate([("Host", -20), ("Guest", -30), ("Host", -10), ("Guest", -30),
+                                          ("Host", -20), ("Guest", -30), ("Host", -20)]):
+        d = _decoded(tmp_path, f"s{i}", _padded(_tone(1.5, level, 180 + 35 * i), 0.1, 0.1), i)
+        groups.append((Request(i, f"line {i}", speaker=speaker), [d]))
+    prog = assemble.assemble(groups, tmp_path / "p.f32", sample_rate=RATE, channels=1, pause_ms=200,
+                             level_speakers_to=-18.0)
+    x = np.fromfile(prog.path, dtype="<f4")
+    per: dict[str, list[np.ndarray]] = {}
+    for e in prog.timeline:
+        per.setdefault(e.speaker, []).append(x[int(e.start * RATE) : int(e.end * RATE)])
+    meter = pyloudnorm.Meter(RATE)
+    host, guest = (meter.integrated_loudness(np.concatenate(per[k])) for k in ("Host", "Guest"))
+    assert host == pytest.approx(guest, abs=0.6)
+    assert host == pytest.approx(-18.0, abs=1.0)

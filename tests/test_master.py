@@ -177,6 +177,33 @@ def test_speech_normally_takes_one_encode(progs, tmp_path, fmt):
     assert e.encodes == 1
 
 
+@pytest.mark.parametrize(
+    "kbps, rate, channels, fast",
+    [(64, 24000, 1, True), (32, 24000, 1, False), (128, 44100, 2, True), (64, 44100, 2, False), (96, 48000, 1, True)],
+)
+def test_lame_skips_noise_shaping_where_that_measured_better(progs, tmp_path, monkeypatch, kbps, rate, channels, fast):
+    """mp3_fast decides; the encoding run must really carry LAME's -q 7 (ffmpeg's compression_level) then."""
+    seen: list[list[str]] = []
+    real = master_module.ffmpeg.run
+
+    def run(args, *a, **k):
+        seen.append(list(args))
+        return real(args, *a, **k)
+
+    monkeypatch.setattr(master_module.ffmpeg, "run", run)
+    assert master_module.mp3_fast(kbps, rate, channels) is fast
+    e = progs["mono24"].master(
+        LOUDNESS_PRESETS["podcast"], tmp_path, fmt="mp3", bitrate_kbps=kbps, sample_rate=rate, channels=channels
+    )
+    encodes = [a for a in seen if "libmp3lame" in a]
+    assert len(encodes) == e.encodes >= 1
+    for args in encodes:
+        assert ("-compression_level" in args) is fast
+        if fast:
+            assert args[args.index("-compression_level") + 1] == "7"
+    assert e.true_peak_dbtp <= -1.0 and abs(e.loudness_lufs + 16.0) <= 1.0
+
+
 # ------------------------------------------------------------------------------------ edge programmes
 
 
