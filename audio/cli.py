@@ -290,7 +290,7 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     bar = ProgressBar(err) if (err.isatty() and not args.quiet) else None
     started = time.monotonic()
     try:
-        result = narrate(job, engine, cache=cache, progress=bar)
+        result = narrate(job, engine, cache=cache, progress=bar, output=None if to_stdout else out_path)
     finally:
         if bar:
             bar.close()
@@ -301,8 +301,7 @@ def cmd_narrate(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(result.data)
         sys.stdout.buffer.flush()
     else:
-        assert out_path is not None
-        write_atomic(out_path, result.data)
+        assert out_path is not None  # narrate wrote the audio there
         if result.subtitles is not None:
             subs_path = out_path.with_suffix("." + (result.subtitles_format or subs))
             write_atomic(subs_path, result.subtitles.encode("utf-8"))

@@ -63,6 +63,9 @@ def decode_all(
     workdir.mkdir(parents=True, exist_ok=True)
     inputs: list[Path] = []
     for pos, f in enumerate(files):
+        if f.path is not None:  # spooled by synth: decode it where it is
+            inputs.append(f.path)
+            continue
         path = workdir / f"in{pos:05d}.{f.fmt}"
         path.write_bytes(f.data)
         inputs.append(path)
@@ -78,7 +81,7 @@ def decode_all(
             args += ffmpeg.input_args(inputs[pos], files[pos].fmt)
         for k, pos in enumerate(batch):
             args += _output_args(k, outputs[pos], sample_rate, channels, max_seconds_per_file)
-        timeout = 60 + 2 * sum(len(files[p].data) for p in batch) / 4000  # generous: ~2 s per 4 kB/s·s
+        timeout = 60 + 2 * sum(files[p].size for p in batch) / 4000  # generous: ~2 s per 4 kB/s·s
         res = ffmpeg.run(args, what="decoding the TTS audio", check=False, timeout=timeout)
         if res.stderr.strip() or any(not outputs[p].exists() for p in batch):
             for pos in batch:
@@ -93,7 +96,8 @@ def decode_all(
     decoded: list[DecodedFile] = []
     for pos, f in enumerate(files):
         cooperate()
-        inputs[pos].unlink(missing_ok=True)
+        if f.path is None:
+            inputs[pos].unlink(missing_ok=True)
         size = outputs[pos].stat().st_size
         frames = size // (BYTES_PER_SAMPLE * channels)
         if frames >= int(max_seconds_per_file * sample_rate):
@@ -125,7 +129,7 @@ def _decode_one_strict(f: AudioFile, src: Path, out: Path, rate: int, channels: 
         ["-v", "error", *ffmpeg.input_args(src, f.fmt), *_output_args(0, out, rate, channels, max_seconds)],
         what="decoding the TTS audio",
         check=False,
-        timeout=60 + len(f.data) / 2000,
+        timeout=60 + f.size / 2000,
     )
     problems = [line for line in res.stderr.splitlines() if line.strip()]
     if problems or not out.exists():

@@ -243,14 +243,20 @@ class PeakProfile:
         self._carry = x[m * self.window :].copy()
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(peaks, energies) per window, the last partial window included."""
-        peaks, energy = list(self._peaks), list(self._energy)
+        """(peaks, energies) per window, the last partial window included. Read-only views: the pieces are
+        joined once and kept joined, so asking again copies nothing."""
+        for pieces in (self._peaks, self._energy):
+            if len(pieces) > 1:
+                joined = np.concatenate(pieces)
+                pieces.clear()
+                pieces.append(joined)
+        peaks = self._peaks[0] if self._peaks else np.zeros(0, np.float32)
+        energy = self._energy[0] if self._energy else np.zeros(0, np.float32)
         if self._carry.shape[0]:
-            peaks.append(np.array([np.abs(self._carry).max()], dtype=np.float32))
-            energy.append(np.array([np.square(self._carry, dtype=np.float64).sum()], dtype=np.float32))
-        if not peaks:
-            return np.zeros(0, np.float32), np.zeros(0, np.float32)
-        return np.concatenate(peaks), np.concatenate(energy)
+            peaks = np.append(peaks, np.float32(np.abs(self._carry).max()))
+            energy = np.append(energy, np.float32(np.square(self._carry, dtype=np.float64).sum()))
+        peaks.flags.writeable = energy.flags.writeable = False
+        return peaks, energy
 
 
 # ---------------------------------------------------------------------------------------------- files

@@ -268,40 +268,46 @@ class LimiterModel:
 
     def __init__(self, profile: PeakProfile) -> None:
         peaks, energy = profile.arrays()
-        self.peak_db = 20.0 * np.log10(np.maximum(peaks.astype(np.float64), 1e-10))
-        self.energy = energy.astype(np.float64)
+        # float32 per 5 ms window (8 bytes per window in all: ~6 MB for 6 hours); the loudness side is kept
+        # per 100 ms sub-block, and limiting only touches the windows it reduces (see losses)
+        self.peak_db = np.maximum(peaks, np.float32(1e-10), dtype=np.float32)  # one array, computed in place
+        np.log10(self.peak_db, out=self.peak_db)
+        self.peak_db *= np.float32(20.0)
+        self.energy = energy.astype(np.float32, copy=False)
         self.window_s = profile.window / profile.sample_rate
         self.samples = max(1, profile.frames * profile.channels)
         self._per_sub = max(1, round(0.1 / self.window_s))
         self._norm = self._per_sub * 4 * profile.window * profile.channels  # samples in a 400 ms block
+        m = self.energy.size // self._per_sub  # complete sub-blocks (a partial last one is not gated)
+        self._sub = self.energy[: m * self._per_sub].reshape(m, self._per_sub).sum(axis=1, dtype=np.float64)
+        self._total = float(self.energy.sum(dtype=np.float64))
 
     def reduction_db(self, drive_db: float) -> np.ndarray:
-        """Gain reduction per window when peaks are driven `drive_db` = gain − threshold."""
-        r = self.peak_db + drive_db
-        idx = np.flatnonzero(r > 0.0)
-        red = np.zeros_like(self.energy)
+        """Gain reduction per window (float32) when peaks are driven `drive_db` = gain − threshold."""
+        red = np.zeros(self.peak_db.size, dtype=np.float32)
+        idx = np.flatnonzero(self.peak_db > -drive_db)
         if idx.size == 0:
             return red
-        rv = r[idx]
+        rv = self.peak_db[idx] + np.float32(drive_db)
         red[idx] = rv
         n = red.size
         for k in range(1, math.ceil(3 * self.RELEASE_TAU_S / self.window_s) + 1):
             j = idx + k
             ok = j < n
-            red[j[ok]] = np.maximum(red[j[ok]], rv[ok] * math.exp(-k * self.window_s / self.RELEASE_TAU_S))
+            red[j[ok]] = np.maximum(red[j[ok]], rv[ok] * np.float32(math.exp(-k * self.window_s / self.RELEASE_TAU_S)))
         attack = max(1, round(self.ATTACK_S / self.window_s))
         for k in range(1, attack + 1):
             j = idx - k
             ok = j >= 0
-            red[j[ok]] = np.maximum(red[j[ok]], rv[ok] * (1 - k / (attack + 1)))
+            red[j[ok]] = np.maximum(red[j[ok]], rv[ok] * np.float32(1 - k / (attack + 1)))
         return red
 
-    def _gated_db(self, energy: np.ndarray) -> float | None:
-        m = energy.size // self._per_sub
+    def _gated_db(self, sub: np.ndarray) -> float | None:
+        """BS.1770 gated loudness (dB, K-weighting aside) of 100 ms sub-block energies."""
+        m = sub.size
         if m < 4:  # shorter than one gating block: level of the whole
-            total = float(energy.sum())
+            total = float(sub.sum()) if m else 0.0
             return 10 * math.log10(total / self.samples) if total > 0 else None
-        sub = energy[: m * self._per_sub].reshape(m, self._per_sub).sum(axis=1)
         cs = np.concatenate(([0.0], np.cumsum(sub)))
         blocks = (cs[4:] - cs[:-4]) / self._norm
         with np.errstate(divide="ignore"):
@@ -314,12 +320,27 @@ class LimiterModel:
         return 10 * math.log10(float(kept.mean()))
 
     def losses(self, gain_db: float, limit_db: float) -> tuple[float, float]:
-        """(gated loudness, plain RMS) the limiter takes away at this gain and threshold, in dB."""
-        gained = self.energy * 10 ** (gain_db / 10)
-        limited = gained * 10 ** (-self.reduction_db(gain_db - limit_db) / 10)
-        before, after = self._gated_db(gained), self._gated_db(limited)
+        """(gated loudness, plain RMS) the limiter takes away at this gain and threshold, in dB.
+
+        Only the windows the limiter reduces are visited: what each loses is subtracted from its sub-block.
+        """
+        g = 10 ** (gain_db / 10)
+        red = self.reduction_db(gain_db - limit_db)
+        hit = np.flatnonzero(red > 0)
+        lost = self.energy[hit].astype(np.float64) * g * (1.0 - 10 ** (-red[hit].astype(np.float64) / 10))
+        if self.energy.size < 4 * self._per_sub:  # too short to gate: the whole counts
+            before, after = self._gated_db(np.array([self._total * g])), self._gated_db(
+                np.array([self._total * g - float(lost.sum())])
+            )
+        else:
+            sub_of = hit // self._per_sub
+            whole = sub_of < self._sub.size
+            taken = np.bincount(sub_of[whole], weights=lost[whole], minlength=self._sub.size)
+            gained = self._sub * g
+            before, after = self._gated_db(gained), self._gated_db(np.maximum(gained - taken, 0.0))
         loudness = before - after if before is not None and after is not None else 0.0
-        e0, e1 = float(gained.sum()), float(limited.sum())
+        e0 = self._total * g
+        e1 = e0 - float(lost.sum())
         return loudness, (10 * math.log10(e0 / e1) if e0 > 0 and e1 > 0 else 0.0)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # synthesize(text, voice) -> the provider's chunks, in order. voice None = the provider's default.
 Synthesize = Callable[[str, str | None], Iterable[bytes]]
@@ -24,6 +25,12 @@ class AudioFile:
     file_index: int = 0  # position within its call
     truncated: bool = False  # the last frame/page was cut short and dropped
     note: str = ""  # human-readable remark (e.g. what was dropped)
+    path: Path | None = None  # where the bytes are when spooled to disk (audio.synth); `data` is then empty
+
+    @property
+    def size(self) -> int:
+        """Bytes of the file, wherever they are."""
+        return self.path.stat().st_size if self.path is not None else len(self.data)
 
 
 @dataclass(frozen=True)
@@ -144,3 +151,4 @@ class Result:
     stats: Stats
     subtitles: str | None = None  # SRT or VTT text when asked
     subtitles_format: str | None = None
+    path: Path | None = None  # the file, when narrate() was given `output`; `data` is then empty

@@ -7,6 +7,8 @@ removed on success, failure and cancellation.
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from . import assemble, decode, master, script, subtitles, synth, tags
 from .cache import Cache
-from .errors import InvalidAudio, InvalidInput, OutputTooLarge
+from .errors import InvalidAudio, InvalidInput, OutputTooLarge, PipelineError
 from .model import (
     LOUDNESS_PRESETS,
     Chapter,
@@ -67,8 +69,12 @@ def narrate(
     cache: Cache | None = None,
     progress: Progress | None = None,
     workdir: str | Path | None = None,
+    output: str | Path | None = None,
 ) -> Result:
     """Run the whole pipeline. Raises audio.errors.PipelineError subclasses on user-facing failures.
+
+    `output`: a path to put the finished file at (atomically); the Result then carries that path and empty
+    `data`, so the audio is never held in memory (the CLI writes files this way).
 
     All intermediate files live in one temporary directory (inside `workdir` if given) that is removed on
     success, on failure and on cancellation (GreenletExit/KeyboardInterrupt pass through `finally`).
@@ -91,7 +97,7 @@ def narrate(
     )
     check_budget(plan.requests, job)
     with tempfile.TemporaryDirectory(prefix="ttsp-", dir=workdir) as tmp:
-        return _run(job, plan, synthesize, cache, progress, Path(tmp), stats)
+        return _run(job, plan, synthesize, cache, progress, Path(tmp), stats, Path(output) if output else None)
 
 
 def _run(
@@ -102,10 +108,13 @@ def _run(
     progress: Progress | None,
     tmp: Path,
     stats: Stats,
+    output: Path | None = None,
 ) -> Result:
     def report(stage: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: progress(stage, done, total)) if progress else None
 
+    spool = tmp / "calls"
+    spool.mkdir()
     calls = synth.run(
         plan.requests,
         synthesize,
@@ -117,6 +126,7 @@ def _run(
         namespace=job.cache_namespace,
         stats=stats,
         progress=report("synthesize"),
+        spool=spool,
     )
     files = [f for call in calls for f in call.files]
     for f in files:
@@ -174,17 +184,21 @@ def _run(
     stats.warnings.extend(encoded.notes)
     chapter_list = chapters_for(programme.timeline, plan, job, programme.duration_s)
     stats.warnings.extend(tags.write_tags(encoded.path, encoded.fmt, job.tags, chapter_list))
-    data = encoded.path.read_bytes()
-    if len(data) > job.encode.max_bytes:
+    size = encoded.path.stat().st_size
+    if size > job.encode.max_bytes:
         raise OutputTooLarge(
-            f"the file is {len(data) / 2**20:.1f} MiB after tagging, "
-            f"over the {job.encode.max_bytes / 2**20:.0f} MiB limit"
+            f"the file is {size / 2**20:.1f} MiB after tagging, over the {job.encode.max_bytes / 2**20:.0f} MiB limit"
         )
     subs = None
     if job.subtitles == "srt":
         subs = subtitles.to_srt(programme.timeline)
     elif job.subtitles == "vtt":
         subs = subtitles.to_vtt(programme.timeline)
+    if output is not None:
+        deliver(encoded.path, output)
+        data = b""
+    else:
+        data = encoded.path.read_bytes()
     if progress:
         progress("master", 1, 1)
     return Result(
@@ -196,7 +210,7 @@ def _run(
         sample_rate=encoded.sample_rate,
         channels=encoded.channels,
         bitrate_kbps=encoded.bitrate_kbps,
-        size_bytes=len(data),
+        size_bytes=size,
         loudness_lufs=encoded.loudness_lufs,
         true_peak_dbtp=encoded.true_peak_dbtp,
         target=job.loudness,
@@ -205,7 +219,24 @@ def _run(
         stats=stats,
         subtitles=subs,
         subtitles_format=job.subtitles if subs is not None else None,
+        path=output,
     )
+
+
+def deliver(src: Path, dest: Path) -> None:
+    """Move the finished file to `dest` atomically: readers see the old file or the whole new one (a copy is
+    made next to `dest` first when it is on another filesystem than the job's temporary directory)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        os.close(fd)
+        try:
+            shutil.move(src, tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise PipelineError(f"cannot write {dest}: {exc.strerror or exc}") from None
 
 
 def _duration(seconds: float) -> str:

@@ -16,7 +16,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .cache import Cache, cache_key
 from .errors import InvalidAudio, InvalidInput, SynthesisFailed
@@ -56,8 +57,12 @@ def run(
     namespace: str = "",
     stats: Stats | None = None,
     progress: Callable[[int, int], None] | None = None,
+    spool: Path | None = None,
 ) -> list[CallResult]:
     """Synthesize every request and return their results in request order.
+
+    `spool`: a directory to keep the audio files in instead of memory (each call's files are written there as
+    soon as the call is validated), so memory does not grow with the length of the text.
 
     Raises SynthesisFailed (provider errors, stalls) or InvalidAudio (non-audio answers) for the first
     request that fails after `attempts` tries; InvalidInput from the engine (e.g. unknown voice) is not retried.
@@ -82,7 +87,7 @@ def run(
                 else:
                     with lock:
                         stats.cache_hits += 1
-                    return CallResult(req, files, 0, True)
+                    return CallResult(req, _spooled(files, spool), 0, True)
             with lock:
                 stats.cache_misses += 1
         last_error: Exception | None = None
@@ -110,7 +115,7 @@ def run(
                 continue
             if cache is not None:
                 cache.put(key, chunks)
-            return CallResult(req, files, attempt, False)
+            return CallResult(req, _spooled(files, spool), attempt, False)
         if isinstance(last_error, InvalidAudio):
             raise last_error
         raise SynthesisFailed(req.index, req.text, _short(str(last_error) or type(last_error).__name__), attempts)
@@ -137,6 +142,18 @@ def run(
     pool.shutdown(wait=True)
     stats.requests = total
     return [r for r in results if r is not None]
+
+
+def _spooled(files: list[AudioFile], spool: Path | None) -> list[AudioFile]:
+    """The files with their bytes moved to `spool` (unchanged when spool is None)."""
+    if spool is None:
+        return files
+    out = []
+    for f in files:
+        path = spool / f"c{f.call_index:05d}-{f.file_index:04d}.{f.fmt}"
+        path.write_bytes(f.data)
+        out.append(replace(f, data=b"", path=path))
+    return out
 
 
 def _collect(

@@ -144,3 +144,16 @@ def test_cache_hits_skip_synthesis_and_keep_audio(tmp_path):
     third = Engine()
     synth.run(_requests(3), third, cache=cache, namespace="other/model")
     assert len(third.calls) == 3
+
+
+def test_spooled_calls_keep_their_audio_on_disk_not_in_memory(tmp_path):
+    reqs = _requests(4)
+    in_memory = synth.run(reqs, Engine(), concurrency=2, backoff_s=0)
+    spooled = synth.run(reqs, Engine(), concurrency=2, backoff_s=0, spool=tmp_path)
+    for kept, spilled in zip(in_memory, spooled, strict=True):
+        assert len(kept.files) == len(spilled.files) >= 1
+        for a, b in zip(kept.files, spilled.files, strict=True):
+            assert b.data == b"" and b.path is not None and b.path.parent == tmp_path
+            assert b.path.read_bytes() == a.data and b.size == a.size == len(a.data)
+            assert (b.fmt, b.sample_rate, b.call_index, b.file_index) == (a.fmt, a.sample_rate, a.call_index,
+                                                                          a.file_index)
