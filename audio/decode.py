@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from . import ffmpeg
@@ -71,7 +72,7 @@ def decode_all(
         inputs.append(path)
         cooperate()
     outputs = [workdir / f"dec{pos:05d}.f32" for pos in range(len(files))]
-    batches = [list(range(i, min(i + BATCH_SIZE, len(files)))) for i in range(0, len(files), BATCH_SIZE)]
+    batches = _batches(len(files), max(1, min(parallel or os.cpu_count() or 1, 4)))
     workers = max(1, min(parallel or os.cpu_count() or 1, len(batches) or 1, 4))
     done = 0
 
@@ -111,6 +112,20 @@ def decode_all(
             raise InvalidAudio(f.call_index, f"file {f.file_index + 1} contains no audio samples", sniffed=f.fmt)
         decoded.append(DecodedFile(outputs[pos], frames, sample_rate, channels, f))
     return decoded
+
+
+def _batches(count: int, workers: int) -> list[list[int]]:
+    """Positions 0..count-1 in equal consecutive batches of at most BATCH_SIZE, as many as a multiple of
+    `workers`: 120 files on 2 workers are 4 batches of 30, not 48+48+24 (whose last batch runs alone)."""
+    if count == 0:
+        return []
+    n = -(-count // BATCH_SIZE)
+    n = min(count, -(-n // workers) * workers)
+    size, extra = divmod(count, n)
+    bounds = [0]
+    for k in range(n):
+        bounds.append(bounds[-1] + size + (k < extra))
+    return [list(range(a, b)) for a, b in pairwise(bounds)]
 
 
 def _output_args(k: int, out: Path, rate: int, channels: int, max_seconds: float) -> list[str]:

@@ -5,7 +5,7 @@
         │  (5 ms peaks/energies) and a LimiterModel that predicts what the limiter takes, so the gain is
         │  solved for the level AFTER limiting and codec, not before
         ├─ ffmpeg: [layout] → volume → soxr ↑2–4× → alimiter → soxr ↓ → encoder → file    (one process)
-        │                                      └→ loopback decoder → astats + ebur128 (integrated, true peak, RMS)
+        │                                      └→ loopback decoder → astats, ebur128, true peak (measurement_graph)
         └─ off target by > 0.5 LU, or true peak over the ceiling (or over max_bytes)? learn from the
            measurement (model scale/offset, this codec's overshoot), correct once and re-encode; if the
            codec still leaves a peak over the ceiling, scale down once more (PEAK_RETRIES)
@@ -675,8 +675,8 @@ def _encode(
         "-filter_complex", measurement_graph("[dec:0]", decoded_rate), "-map", "[measured]", "-f", "null", "-",
     ]  # fmt: skip
     what = f"encoding {fmt}"
-    res = ffmpeg.run(args, timeout=60.0 + duration_s / 6.0, what=what, cwd=out.parent)
-    m = parse_measurement(res.stderr, decoded_rate, what, out.parent)
+    res = ffmpeg.run(args, timeout=60.0 + duration_s / 6.0, what=what)
+    m = parse_measurement(res.stderr, decoded_rate, what)
     return _file_samples(m, fmt, round(duration_s * decoded_rate))
 
 
@@ -905,11 +905,9 @@ def _misses(plan: _Plan, m: Measurement) -> tuple[bool, float]:
         else:
             lo, hi = plan.target - LOUDNESS_TOLERANCE_LU, plan.target + LOUDNESS_TOLERANCE_LU
         level_off = not lo <= got <= hi
-    # a true peak known only to 0.1 dB (ebur128's summary): a printed −1.0 may be −0.96, so treat it as over
     over = 0.0
-    slack = m.true_peak_uncertainty_db
-    if m.true_peak_dbtp is not None and m.true_peak_dbtp > plan.ceiling_db - slack:
-        over = m.true_peak_dbtp - plan.ceiling_db + slack
+    if m.true_peak_dbtp is not None and m.true_peak_dbtp > plan.ceiling_db:
+        over = m.true_peak_dbtp - plan.ceiling_db
     return level_off, over
 
 

@@ -1,8 +1,8 @@
 """Benchmark the audio core against the floor and a naive join (run by hand, not in CI).
 
-Workload: N speech segments from the embedded engine (default 120 ≈ 14 min), 24 kHz mono mp3 files with
-levels varying ±6 dB, as a per-sentence provider would send them. In one run it measures wall time and peak
-memory (this process's own peak RSS and its ffmpeg children's) of:
+Workload: N speech segments of one or two sentences from the embedded engine (default 120 ≈ 14 min),
+24 kHz mono mp3 files with levels varying ±6 dB, as a per-sentence provider would send them. In one run it
+measures wall time, CPU time and peak memory (this process's own peak RSS and its ffmpeg children's) of:
   (a) floor    one ffmpeg process that decodes, concatenates and encodes the same files to mp3
   (a') floor_fast  the same with the LAME mode the pipeline chooses here (-q 7; see audio.master.mp3_fast)
   (b) naive    pydub: AudioSegment.from_file each, `+=`, export
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import wave
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,30 +40,37 @@ SENTENCES = [
     "Some programmes were scripted to the second, while others were improvised on the spot.",
     "Listeners wrote thousands of letters, and many of them were answered on air.",
     "Today the same ideas live on in podcasts, audiobooks and voice assistants.",
+    "Early microphones were heavy, fragile and expensive, so studios shared them between shows.",
+    "Music, drama and sport each found their own rhythm on the air within a few years.",
+    "Reporters learned to describe what the audience could not see, one careful detail at a time.",
 ]
 
 
 def build_workload(directory: Path, count: int, seed: int = 7) -> list[Path]:
-    """Synthesize `count` segments (~7 s each) with the embedded engine; mp3 24 kHz mono, gain ±6 dB."""
+    """Synthesize `count` segments of one or two sentences (~7 s on average) with the embedded engine, as a
+    per-sentence provider sends them: mp3 24 kHz mono, each at a random gain within ±6 dB."""
     from audio import ffmpeg
     from audio.engine import EspeakEngine
 
     directory.mkdir(parents=True, exist_ok=True)
-    engine = EspeakEngine(fmt="wav")
+    engine = EspeakEngine(fmt="wav")  # one WAV file per sentence
     rng = random.Random(seed)
     paths = []
     for i in range(count):
+        sentences = rng.sample(SENTENCES, rng.choice((1, 2)))
+        gain = rng.uniform(-6.0, 6.0)
         path = directory / f"seg{i:04d}.mp3"
         paths.append(path)
         if path.exists():
             continue
-        text = " ".join(rng.sample(SENTENCES, 4))
-        wav = b"".join(engine(text, None))
-        gain = rng.uniform(-6.0, 6.0)
+        pcm, rate = b"", 0
+        for sentence in sentences:
+            with wave.open(io.BytesIO(b"".join(engine(sentence, None)))) as w:
+                pcm, rate = pcm + w.readframes(w.getnframes()), w.getframerate()
         ffmpeg.run(
-            [*ffmpeg.input_args("pipe:0", "wav"), "-af", f"volume={gain:.2f}dB,aresample=24000", "-ac", "1",
+            [*ffmpeg.raw_input_args("pipe:0", rate, 1, "s16le"), "-af", f"volume={gain:.2f}dB,aresample=24000",
              "-c:a", "libmp3lame", "-b:a", "48k", str(path)],
-            stdin=wav,
+            stdin=pcm,
         )
     return paths
 
@@ -132,12 +140,27 @@ def child(variant: str, workload: Path, out: Path, scale: int) -> None:
     for module in PRELOAD[variant]:
         importlib.import_module(module)
     paths = sorted(workload.glob("seg*.mp3")) * scale
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     VARIANTS[variant](paths, out)
     elapsed = time.perf_counter() - t0
+    cpu = _cpu_seconds() - cpu0
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"variant": variant, "seconds": elapsed, "rss_mb": own, "ffmpeg_rss_mb": kids}))
+    print(json.dumps({"variant": variant, "seconds": elapsed, "cpu_s": cpu, "rss_mb": own, "ffmpeg_rss_mb": kids}))
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the ffmpeg processes).
+
+    Wall time on a small machine depends on how well work spreads over its cores; CPU time is the work itself,
+    so the two ratios together say whether a gap is work or parallelism.
+    """
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def main() -> None:
@@ -149,7 +172,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant; the median time is reported")
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    workload = args.workdir / f"workload4-{args.segments}"
+    workload = args.workdir / f"workload-v3-{args.segments}"
     if args.child:
         child(args.child[0], workload, Path(args.child[1]), args.scale)
         return
@@ -174,21 +197,27 @@ def main() -> None:
     for variant in variants:
         times = sorted(r["seconds"] for r in runs[variant])
         res = {"seconds": statistics.median(times), "spread": (times[0], times[-1]),
+               "cpu_s": statistics.median(r["cpu_s"] for r in runs[variant]),
                "rss_mb": max(r["rss_mb"] for r in runs[variant]),
                "ffmpeg_rss_mb": max(r["ffmpeg_rss_mb"] for r in runs[variant])}
         m = measure_file(args.workdir / f"out-{variant}-{args.scale}.mp3", "mp3")
         results[variant] = res
         print(
-            f"{variant:10s} {res['seconds']:7.2f} s ({times[0]:.2f}–{times[-1]:.2f})  peak RSS {res['rss_mb']:5.0f} MB "
+            f"{variant:10s} {res['seconds']:6.2f} s ({times[0]:.2f}–{times[-1]:.2f})  CPU {res['cpu_s']:6.2f} s  "
+            f"peak RSS {res['rss_mb']:5.0f} MB "
             f"(children {res['ffmpeg_rss_mb']:4.0f} MB)  {m.duration_s / 60:5.1f} min  "
             f"{m.integrated:6.1f} LUFS  TP {m.true_peak:5.1f} dBTP"
         )
     floor = results["floor"]["seconds"]
-    print(f"c/a (pipeline / floor) = {results['pipeline']['seconds'] / floor:.2f}")
+    cpu_floor = results["floor"]["cpu_s"]
+    print(f"c/a (pipeline / floor) = {results['pipeline']['seconds'] / floor:.2f}  "
+          f"(CPU time {results['pipeline']['cpu_s'] / cpu_floor:.2f})")
     print(f"c/a' (pipeline / floor with the pipeline's LAME mode) = "
-          f"{results['pipeline']['seconds'] / results['floor_fast']['seconds']:.2f}")
+          f"{results['pipeline']['seconds'] / results['floor_fast']['seconds']:.2f}  "
+          f"(CPU time {results['pipeline']['cpu_s'] / results['floor_fast']['cpu_s']:.2f})")
     if "naive" in results:
-        print(f"b/a (naive pydub / floor) = {results['naive']['seconds'] / floor:.2f}")
+        print(f"b/a (naive pydub / floor) = {results['naive']['seconds'] / floor:.2f}  "
+              f"(CPU time {results['naive']['cpu_s'] / cpu_floor:.2f})")
 
 
 if __name__ == "__main__":

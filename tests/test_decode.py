@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from audio import decode
 from audio.errors import InvalidAudio
@@ -61,3 +63,16 @@ def test_expansion_is_capped(tmp_path):
     f = _file(audiogen.wav(3.0, rate=8000), 0)
     with pytest.raises(InvalidAudio, match="more than 2 s"):
         decode.decode_all([f], tmp_path, sample_rate=8000, channels=1, max_seconds_per_file=2)
+
+
+@given(st.integers(min_value=0, max_value=500), st.integers(min_value=1, max_value=4))
+def test_batches_cover_every_file_in_order_and_keep_all_workers_busy(count, workers):
+    from audio.decode import BATCH_SIZE, _batches
+
+    batches = _batches(count, workers)
+    assert [i for b in batches for i in b] == list(range(count))
+    assert all(0 < len(b) <= BATCH_SIZE for b in batches)
+    if batches:
+        assert max(map(len, batches)) - min(map(len, batches)) <= 1
+    if count >= workers:  # no round where a worker waits for the last, lonely batch
+        assert len(batches) % workers == 0

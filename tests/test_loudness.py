@@ -215,19 +215,44 @@ def test_measure_file_matches_pyloudnorm_on_decoded_audio(speech_files, fmt):
     assert m.rms_db == pytest.approx(rms, abs=0.05)
 
 
-@pytest.mark.parametrize("fmt", ["wav", "mp3", "ogg"])
-def test_true_peak_is_read_at_full_precision(speech_files, fmt):
-    """The summary rounds the true peak to 0.1 dB; the metadata log gives it exactly: it agrees with an
-    independent 4x polyphase oversampler (a different filter: within 0.1 dB) and is rarely a round value."""
+def ebur128_true_peak(path: Path, fmt: str) -> float:
+    """ffmpeg's own BS.1770 true-peak meter (ebur128 peak=true), at full precision from its frame metadata."""
+    log = path.with_suffix(".tp.log")
+    ffmpeg.run([*ffmpeg.input_args(path, "mov" if fmt == "m4a" else fmt), "-af",
+                f"ebur128=peak=true:framelog=quiet:metadata=1,ametadata=mode=print:key=lavfi.r128.true_peak"
+                f":file={log.name}", "-f", "null", "-"], cwd=log.parent)  # fmt: skip
+    last = log.read_text().strip().splitlines()[-1]
+    return 20 * math.log10(float(last.split("=")[1]))
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "ogg", "m4a"])
+def test_true_peak_agrees_with_ebur128_and_an_independent_oversampler(speech_files, fmt):
+    """measure_file's true peak (soxr to 192 kHz + astats) equals ebur128's peak=true within 0.01 dB, agrees
+    with a 4x polyphase oversampler in numpy (a shorter filter: within 0.1 dB) and is not rounded to 0.1 dB."""
     from scipy.signal import resample_poly
 
     m = measure_file(speech_files[fmt], fmt)
     samples, _, _ = decode_f32(speech_files[fmt], fmt)
     up = resample_poly(samples.astype(np.float64), 4, 1, axis=0)
     independent = 20 * math.log10(max(np.abs(up).max(), np.abs(samples).max()))
-    assert m.true_peak_uncertainty_db == 0.0
+    assert m.true_peak_dbtp == pytest.approx(ebur128_true_peak(speech_files[fmt], fmt), abs=0.01)
     assert m.true_peak_dbtp == pytest.approx(independent, abs=0.1)
-    assert abs(m.true_peak_dbtp * 10 - round(m.true_peak_dbtp * 10)) > 1e-6  # not the 0.1 dB summary value
+    assert m.true_peak_dbtp >= m.sample_peak_db - 1e-6
+    assert abs(m.true_peak_dbtp * 10 - round(m.true_peak_dbtp * 10)) > 1e-6  # not a 0.1 dB summary value
+
+
+def test_true_peak_over_full_scale_is_not_clipped(tmp_path):
+    """A decoder or resampler that converts to 16-bit would report 0 dBFS for a file that goes over it; the
+    meter stays in float, so an overshoot is measured as it is (what the limiter correction needs)."""
+    x = 2.0 * speech_like(3.0, 24000, 1, seed=5) / np.abs(speech_like(3.0, 24000, 1, seed=5)).max()  # +6 dBFS
+    src = write_f32(tmp_path / "loud.f32", x)
+    f32wav = encode(src, 24000, 1, tmp_path / "loud.wav", "-c:a", "pcm_f32le", "-f", "wav")
+    mp3 = encode(src, 24000, 1, tmp_path / "loud.mp3", "-c:a", "libmp3lame", "-b:a", "64k", "-f", "mp3")
+    for path, fmt in ((f32wav, "wav"), (mp3, "mp3")):
+        m = measure_file(path, fmt)
+        assert m.sample_peak_db > 5.0
+        assert m.true_peak_dbtp >= m.sample_peak_db - 1e-6
+        assert m.true_peak_dbtp == pytest.approx(ebur128_true_peak(path, fmt), abs=0.01)
 
 
 def test_measure_wav_duration_is_exact(tmp_path):
