@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -253,7 +252,8 @@ def cmd_narrate(args: argparse.Namespace) -> int:
         print(f"note: writing {fmt} data to {out_arg}", file=err)
 
     text = read_input(args.input)
-    from .pipeline import Job, narrate  # after validation: option errors never wait for the pipeline's imports
+    # after validation: option errors never wait for the pipeline's imports
+    from .pipeline import Job, narrate, replace_atomically
 
     found = script_speakers(text, voice, max_chars)
     auto = assign_speakers(found, speakers, voice, SPEAKER_VOICE_ORDER)
@@ -304,7 +304,8 @@ def cmd_narrate(args: argparse.Namespace) -> int:
         assert out_path is not None  # narrate wrote the audio there
         if result.subtitles is not None:
             subs_path = out_path.with_suffix("." + (result.subtitles_format or subs))
-            write_atomic(subs_path, result.subtitles.encode("utf-8"))
+            text = result.subtitles
+            replace_atomically(subs_path, lambda tmp: Path(tmp).write_bytes(text.encode("utf-8")))
 
     if not args.quiet:
         for warning in result.stats.warnings:
@@ -314,20 +315,6 @@ def cmd_narrate(args: argparse.Namespace) -> int:
         stats = stats_json(result, elapsed, out_arg, subs_path, speakers)
         print(json.dumps(stats, indent=2, ensure_ascii=False), file=sys.stderr if to_stdout else sys.stdout)
     return 0
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise PipelineError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _clock(seconds: float) -> str:

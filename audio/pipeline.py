@@ -224,13 +224,19 @@ def _run(
 
 
 def deliver(src: Path, dest: Path) -> None:
-    """Move the finished file to `dest` atomically: readers see the old file or the whole new one (a copy is
-    made next to `dest` first when it is on another filesystem than the job's temporary directory)."""
+    """Move the finished file to `dest` atomically (a copy is made next to `dest` first when it is on another
+    filesystem than the job's temporary directory)."""
+    replace_atomically(dest, lambda tmp: shutil.move(src, tmp))
+
+
+def replace_atomically(dest: Path, fill: Callable[[str], object]) -> None:
+    """Create `dest` through a temporary file next to it that `fill(path)` writes: readers see the old file
+    or the whole new one, never a part. Raises PipelineError naming `dest` when that fails."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
         os.close(fd)
         try:
-            shutil.move(src, tmp)
+            fill(tmp)
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
