@@ -72,8 +72,9 @@ def decode_all(
         inputs.append(path)
         cooperate()
     outputs = [workdir / f"dec{pos:05d}.f32" for pos in range(len(files))]
-    batches = _batches(len(files), max(1, min(parallel or os.cpu_count() or 1, 4)))
-    workers = max(1, min(parallel or os.cpu_count() or 1, len(batches) or 1, 4))
+    wanted = max(1, min(parallel or os.cpu_count() or 1, 4))
+    batches = _batches(len(files), wanted)
+    workers = min(wanted, len(batches) or 1)
     done = 0
 
     def run_batch(batch: list[int]) -> None:

@@ -72,14 +72,11 @@ def run(
     timeout: float = DEFAULT_TIMEOUT_S,
     what: str = "ffmpeg",
     check: bool = True,
-    cwd: str | os.PathLike[str] | None = None,
 ) -> FFmpegResult:
     """Run ffmpeg with `args` (everything after the binary).
 
     Inputs must be given with `input_args()` so each gets a forced demuxer and the protocol whitelist.
     Raises FFmpegError naming `what` on a missing binary, a timeout or (with `check`) a non-zero exit.
-    `cwd`: where relative names in filter options (e.g. a metadata log file) are written; inputs and outputs
-    are absolute `file:` URLs, so it does not change what is read.
     """
     argv = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-y", *map(os.fspath, args)]
     try:
@@ -89,7 +86,6 @@ def run(
             capture_output=True,
             timeout=timeout,
             check=False,
-            cwd=cwd,
         )
     except FileNotFoundError as exc:
         raise FFmpegError(f"{what}: ffmpeg binary {argv[0]!r} not found") from exc

@@ -7,8 +7,8 @@ BS.1770 coefficients).
 
 `measure_file` decodes a file in ONE ffmpeg run through `astats` (exact decoded sample count, RMS, sample
 peak, channel count), `ebur128` (integrated, LRA) and a 192 kHz soxr + `astats` true-peak meter, and counts
-the decoder's error lines. It is the
-measuring path for the mastered output, the CLI's `inspect` command, and other modules' tests.
+the decoder's error lines. It is the measuring path for the mastered output, the CLI's `inspect` command,
+and other modules' tests.
 """
 
 from __future__ import annotations
@@ -409,9 +409,10 @@ def measurement_graph(source: str, sample_rate: int | None) -> str:
 
 def _true_peak(oversampled: float | None, sample_peak: float | None) -> float | None:
     """The true peak is never below the sample peak; at rates that do not divide 192 kHz (44.1 kHz) the
-    oversampled signal need not contain the original samples and may read up to ~0.001 dB low."""
+    oversampled signal need not contain the original samples and may read up to ~0.001 dB low. No
+    oversampled reading (silence) stays None: a sample peak is not passed off as a true peak."""
     if oversampled is None or sample_peak is None:
-        return oversampled if sample_peak is None else sample_peak
+        return oversampled
     return max(oversampled, sample_peak)
 
 
@@ -423,11 +424,12 @@ def parse_measurement(err: str, rate: int, what: str) -> Measurement:
     if not samples_found or not rate:
         raise FFmpegError(f"{what}: no audio decoded", err)
     samples = int(samples_found[-1])
+    sample_peak = _value(_RE_PEAK, err)
     return Measurement(
         integrated_lufs=_value(_RE_I, err, floor=ABSOLUTE_GATE_LUFS),
         loudness_range_lu=_value(_RE_LRA, err),
-        true_peak_dbtp=_true_peak(_value(_RE_TP, err), _value(_RE_PEAK, err)),
-        sample_peak_db=_value(_RE_PEAK, err),
+        true_peak_dbtp=_true_peak(_value(_RE_TP, err), sample_peak),
+        sample_peak_db=sample_peak,
         rms_db=_value(_RE_RMS, err),
         duration_s=samples / rate,
         samples=samples,
