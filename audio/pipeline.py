@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import assemble, decode, master, script, subtitles, synth, tags
+from . import assemble, decode, ffmpeg, master, script, subtitles, synth, tags
 from .cache import Cache
 from .errors import InvalidAudio, InvalidInput, OutputTooLarge, PipelineError
 from .model import (
@@ -33,6 +33,35 @@ from .model import (
 
 # progress(stage, done, total): stage is "synthesize", "decode", "master"
 Progress = Callable[[str, int, int], None]
+# A job's temporary directory: ttsp-<pid of the process that owns it>-<random>.
+WORKDIR_PREFIX = "ttsp-"
+
+
+def remove_stale_workdirs(root: str | Path | None = None) -> list[Path]:
+    """Remove the job directories (in `root`, default the temp dir) whose owning process is dead: a plugin
+    process the daemon killed (execution timeout) had no chance to. Called once at start-up (main.py).
+
+    Only `ttsp-<pid>-*` directories of a pid that no longer exists are removed: another plugin process may
+    share /tmp, and a live owner (or one we may not signal) keeps its directory. One with this process's own
+    pid is a previous process's (the pid was reused, e.g. in a restarted container): this runs before any job
+    of ours, so it goes too. Returns what was removed.
+    """
+    removed: list[Path] = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
+        pid = path.name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir() or path.is_symlink():
+            continue
+        if int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # alive
+            except ProcessLookupError:
+                pass
+            except OSError:  # PermissionError: alive, someone else's
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 @dataclass(frozen=True)
@@ -96,7 +125,8 @@ def narrate(
         sentence_per_request=job.subtitles != "none",
     )
     check_budget(plan.requests, job)
-    with tempfile.TemporaryDirectory(prefix="ttsp-", dir=workdir) as tmp:
+    ffmpeg.require()  # no usable ffmpeg: stop here, before any TTS call is made (and paid for)
+    with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=workdir) as tmp:
         return _run(job, plan, synthesize, cache, progress, Path(tmp), stats, Path(output) if output else None)
 
 

@@ -21,6 +21,7 @@ from audio.master import FORMATS, LimiterModel, legal_bitrate, master, output_ra
 from audio.model import LOUDNESS_PRESETS, EncodeOptions, LoudnessTarget
 from tests.test_loudness import decode_f32, reference_lufs, speech_like, write_f32
 
+real_capabilities = ffmpeg.capabilities
 FMTS = ["mp3", "m4a", "ogg", "flac", "wav"]
 TARGETS = {**LOUDNESS_PRESETS, "-18 LUFS": LoudnessTarget("-18 LUFS", -18.0)}
 DEMUX = {"mp3": "mp3", "m4a": "mov", "ogg": "ogg", "flac": "flac", "wav": "wav"}
@@ -53,6 +54,11 @@ def progs(tmp_path_factory):
         "stereo44": programme(d, "stereo44", speech_like(8.0, 44100, 2, seed=2, stress_db=10), 44100),
         "mono22": programme(d, "mono22", speech_like(5.0, 22050, seed=3), 22050),
     }
+
+
+def mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
 
 
 def true_peak_db(x: np.ndarray) -> float:
@@ -137,6 +143,35 @@ def test_the_measurement_taken_while_encoding_equals_reading_the_file_back(progs
     assert e.rms_db == pytest.approx(m.rms_db, abs=0.02)
     assert e.channels == m.channels == progs[prog].channels
     assert e.duration_s == m.duration_s
+
+
+@pytest.mark.parametrize("prog", ["stereo44", "mono22"])
+@pytest.mark.parametrize("fmt", FMTS)
+def test_without_a_loopback_decoder_the_file_is_measured_after_with_the_same_figures(
+    progs, tmp_path, monkeypatch, fmt, prog
+):
+    """ffmpeg 5.x/6.x has no `-dec`: master encodes, then measures the written file (audio.ffmpeg picks such a
+    binary only when nothing better is there). Same binary both ways here, so the figures must be equal."""
+    with_loopback = progs[prog].master(LOUDNESS_PRESETS["podcast"], mkdir(tmp_path / "a"), fmt=fmt)
+    real_run, runs = ffmpeg.run, []
+
+    def spy(args, **kwargs):
+        runs.append([str(a) for a in args])
+        return real_run(args, **kwargs)
+
+    monkeypatch.setattr(ffmpeg, "capabilities", lambda: replace(real_capabilities(), has_loopback=False))
+    monkeypatch.setattr(ffmpeg, "run", spy)
+    e = progs[prog].master(LOUDNESS_PRESETS["podcast"], mkdir(tmp_path / "b"), fmt=fmt)
+    assert runs and not any("-dec" in args for args in runs)
+    assert len(runs) == 2 * e.encodes  # an encode and a measurement each time
+    m = measure_file(e.path, DEMUX[fmt], sample_rate=e.sample_rate)
+    for got in (e, with_loopback):
+        assert got.loudness_lufs == pytest.approx(m.integrated_lufs, abs=0.02)
+        assert got.true_peak_dbtp == pytest.approx(m.true_peak_dbtp, abs=0.02)
+        assert got.rms_db == pytest.approx(m.rms_db, abs=0.02)
+        assert got.duration_s == m.duration_s and got.channels == m.channels
+    same = ("gain_db", "encodes", "size_bytes")
+    assert [getattr(e, k) for k in same] == [getattr(with_loopback, k) for k in same]
 
 
 def _stubborn_peak(monkeypatch, over_for: int) -> list[tuple[float, float]]:
