@@ -4,11 +4,12 @@ Every ffmpeg call of the project goes through `run()`: an argument list (never a
 `-protocol_whitelist file,pipe` so that no input can reach the network or other protocols, a timeout, and
 stderr kept for the error message. ffprobe is never used.
 
-Which binary (`capabilities()`, probed once per process per binary, 4 short ffmpeg runs in parallel, ~0.1 s):
+Which binary (`capabilities()`, probed once per process per binary, 5 short ffmpeg runs in parallel, ~0.1–0.2 s):
 1. `$FFMPEG_BINARY` if set: explicit, so it is used or the job stops with what it lacks; never skipped;
 2. the static build of the `imageio-ffmpeg` wheel (the one requirements.txt pins and the tests exercise);
 3. `ffmpeg` on PATH, only if it passes the same probe (distributions ship 4.4–6.1 without the loopback decoder).
-A binary must have every encoder, decoder, muxer, demuxer and filter the pipeline uses (REQUIRED) and soxr.
+A binary must have every encoder, decoder, muxer, demuxer and filter the pipeline uses (REQUIRED) and soxr,
+and run the pipeline's own filter graphs (master's chain and the measurement) on 0.1 s of silence.
 The loopback decoder (`-dec`, ffmpeg ≥ 7, tested by running it) lets audio.master encode and measure in one
 run; a binary without it is used only when nothing better is there, and master then measures the written
 file in a second run. `require()` raises FFmpegError saying what is missing and how to fix it: the pipeline
@@ -137,6 +138,31 @@ _LOOPBACK_ARGS = [
 ]  # fmt: skip
 
 
+def _pipeline_graph_args() -> list[str]:
+    """0.1 s of silence through master's filter chain (pan, lowpass, volume, soxr, alimiter) and the measurement
+    graph, as the pipeline writes them: catches options a build does not know (ffmpeg 5.1's ebur128 had no
+    `framelog=quiet`), which the -filters list cannot show."""
+    from .loudness import MEASURE_LOGLEVEL, measurement_graph  # these import this module
+    from .master import _filter_chain
+
+    graph = f"[0:a]{_filter_chain(1, 8000, 2, 16000, 1.0, -1.0, 3000)}[m];{measurement_graph('[m]', 16000)}"
+    return ["-hide_banner", "-nostdin", "-loglevel", MEASURE_LOGLEVEL, "-f", "s16le", "-ar", "8000", "-ac", "1",
+            "-i", "pipe:0", "-filter_complex", graph, "-map", "[measured]", "-f", "null", "-"]  # fmt: skip
+
+
+def _graph_problem(err: str, returncode: int | None) -> str | None:
+    """Why the pipeline's graph run failed (None: it ran and its measurement parses)."""
+    from .loudness import parse_measurement
+
+    try:
+        if returncode == 0 and parse_measurement(err, 16000, "probe").samples == 1600:
+            return None
+    except FFmpegError:
+        pass
+    lines = [line for line in err.splitlines() if "[error]" in line or "[fatal]" in line] or err.splitlines()
+    return f"the pipeline's filter graph to run (it said: {' | '.join(lines[:2])[:300] or 'nothing'})"
+
+
 def _parse_codecs(text: str) -> tuple[set[str], set[str]]:
     """(encoder names, codec names with a decoder) from `ffmpeg -codecs`."""
     encoders: set[str] = set()
@@ -176,16 +202,18 @@ def _parse_filters(text: str) -> set[str]:
 
 @functools.cache
 def probe(path: str) -> Capabilities:
-    """What the binary at `path` can do: 4 short runs in parallel (-codecs with the banner, -formats, -filters,
-    a loopback run), once per process per binary. Never raises: a binary that does not run lacks everything."""
+    """What the binary at `path` can do: 5 short runs in parallel (-codecs with the banner, -formats, -filters,
+    a loopback run, the pipeline's own filter graph), once per process per binary. Never raises: a binary
+    that does not run lacks "a binary that runs"."""
     started: dict[str, subprocess.Popen[bytes]] = {}
     out: dict[str, tuple[bytes, bytes]] = {}
     try:
         for key, flag in _LISTS.items():
             started[key] = _start([path, *(["-hide_banner"] if key != "codecs" else []), flag], stdin=False)
         started["loopback"] = _start([path, *_LOOPBACK_ARGS], stdin=True)
+        started["graph"] = _start([path, *_pipeline_graph_args()], stdin=True)
         for key, proc in started.items():
-            out[key] = _finish(proc, bytes(1600) if key == "loopback" else None, PROBE_TIMEOUT_S)
+            out[key] = _finish(proc, bytes(1600) if key in ("loopback", "graph") else None, PROBE_TIMEOUT_S)
     except (OSError, subprocess.SubprocessError) as exc:
         for proc in started.values():
             if proc.poll() is None:
@@ -208,6 +236,9 @@ def probe(path: str) -> Capabilities:
     missing = [f"{kind} {name}" for kind, names in REQUIRED.items() for name in names if name not in have[kind]]
     if "--enable-libsoxr" not in listings["codecs"]:
         missing.append("the soxr resampler (--enable-libsoxr)")
+    graph_problem = _graph_problem(out["graph"][1].decode("utf-8", "replace"), started["graph"].returncode)
+    if graph_problem and not missing:  # a missing filter explains a failing graph better
+        missing.append(graph_problem)
     loopback = started["loopback"].returncode == 0
     return Capabilities(path, version, int(major[1]) if major else None, loopback, tuple(missing))
 

@@ -397,12 +397,14 @@ def measurement_graph(source: str, sample_rate: int | None) -> str:
       interpolator than ebur128's own (peak=true), which costs three times as much (15-min mp3: 1.5 s of CPU
       instead of 0.5 s) and prints its summary rounded to 0.1 dB. The two agree within 0.01 dB
       (tests/test_loudness.py).
+    ebur128's per-frame log goes to the verbose level (`framelog=verbose`, hidden at MEASURE_LOGLEVEL; ffmpeg
+    5.x has no `quiet` and logs every 100 ms frame at info for any other value).
     """
     upsample = "aresample=48000:resampler=soxr:cutoff=0.99," if not sample_rate or sample_rate < 22050 else ""
     return (
         f"{source}astats@decoded=metadata=0:reset=0:measure_perchannel=Number_of_samples"
         f":measure_overall=Number_of_samples+RMS_level+Peak_level,aformat=sample_fmts=flt,{upsample}"
-        f"ebur128=framelog=quiet,aresample={TRUE_PEAK_RATE}:resampler=soxr:cutoff=0.99,aformat=sample_fmts=flt,"
+        f"ebur128=framelog=verbose,aresample={TRUE_PEAK_RATE}:resampler=soxr:cutoff=0.99,aformat=sample_fmts=flt,"
         "astats@truepeak=metadata=0:reset=0:measure_perchannel=none:measure_overall=Peak_level[measured]"
     )
 

@@ -125,7 +125,7 @@ def test_probing_happens_once_per_binary(monkeypatch, bundled):
     ffmpeg.capabilities.cache_clear()  # a second choice reuses the probe
     ffmpeg.capabilities()
     ffmpeg.run(["-version"])
-    assert len(started) == 5  # 4 probe runs in parallel, then the job's own
+    assert len(started) == 6  # 5 probe runs in parallel, then the job's own
     assert not any("-hide_banner" not in a and "-codecs" not in a for a in started)
 
 

@@ -219,7 +219,7 @@ def ebur128_true_peak(path: Path, fmt: str) -> float:
     """ffmpeg's own BS.1770 true-peak meter (ebur128 peak=true), at full precision from its frame metadata."""
     log = path.with_suffix(".tp.log")
     ffmpeg.run([*ffmpeg.input_args(path, "mov" if fmt == "m4a" else fmt), "-af",
-                f"ebur128=peak=true:framelog=quiet:metadata=1,ametadata=mode=print:key=lavfi.r128.true_peak"
+                f"ebur128=peak=true:framelog=verbose:metadata=1,ametadata=mode=print:key=lavfi.r128.true_peak"
                 f":file={log}", "-f", "null", "-"])  # fmt: skip
     last = log.read_text().strip().splitlines()[-1]
     return 20 * math.log10(float(last.split("=")[1]))
