@@ -6,7 +6,8 @@
    the bundled ffmpeg with the loopback decoder (encode + measure in one run), the same binary forced onto the
    slower path (encode, then measure the file), and the distribution's ffmpeg (slower path: it has no `-dec`).
 
-Rounds are interleaved and the median (min–max) wall time is printed.
+Rounds are interleaved; printed: the median (min–max) wall time, and the median CPU time (this process and
+its ffmpeg children), which a busy machine distorts less than the wall time.
 
     .venv/bin/python benchmarks/ffmpeg_paths.py [--rounds 3] [--minutes 10] [--formats mp3,m4a,ogg]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -64,6 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         program = write_f32(Path(tmp) / "programme.f32", speech_like(args.minutes * 60, rate, seed=7))
         times: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
         figures: dict[tuple[str, str], tuple[float | None, float | None, int]] = {}
         for _ in range(args.rounds):
             for fmt in args.formats.split(","):
@@ -71,17 +74,24 @@ def main() -> None:
                     caps = replace(ffmpeg.probe(path), has_loopback=loopback)
                     ffmpeg.capabilities = lambda caps=caps: caps  # type: ignore[method-assign]
                     work = Path(tempfile.mkdtemp(dir=tmp))
-                    started = time.perf_counter()
+                    started, cpu0 = time.perf_counter(), _cpu_s()
                     e = master(program, rate, 1, None, None, LOUDNESS_PRESETS["podcast"], EncodeOptions(fmt=fmt), work)
                     times.setdefault((fmt, variant), []).append(time.perf_counter() - started)
+                    cpu.setdefault((fmt, variant), []).append(_cpu_s() - cpu0)
                     figures[(fmt, variant)] = (e.loudness_lufs, e.true_peak_dbtp, e.encodes)
         for (fmt, variant), values in times.items():
             lufs, tp, encodes = figures[(fmt, variant)]
             base = statistics.median(times[(fmt, "bundled, loopback")])
             print(
                 f"{args.minutes:g} min {fmt:4s} {variant:24s} {_stats(values, 's', 2)}  "
-                f"x{statistics.median(values) / base:.2f}   {lufs} LUFS {tp} dBTP, {encodes} encode(s)"
+                f"x{statistics.median(values) / base:.2f}  CPU {statistics.median(cpu[(fmt, variant)]):.2f} s   "
+                f"{lufs} LUFS {tp} dBTP, {encodes} encode(s)"
             )
+
+
+def _cpu_s() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _stats(values: list[float], unit: str, digits: int) -> str:

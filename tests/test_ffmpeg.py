@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -302,6 +303,37 @@ def test_a_job_directory_carries_its_owner_pid(tmp_path, tone_answer):
     pipeline.narrate(pipeline.Job(text="One short sentence."), spying, workdir=tmp_path)
     assert seen and all(name.startswith(f"ttsp-{os.getpid()}-") for name in seen), seen
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_start_removes_what_a_killed_plugin_left_and_logs_its_ffmpeg(tmp_path, tone_answer):
+    """The daemon SIGKILLs the plugin at its execution timeout (here: mid-job, waiting for a TTS answer); the
+    next plugin process removes that job's directory and logs which ffmpeg it chose."""
+    from tests.daemon import DEFAULT_MODEL, NEVER, FakeDaemon
+
+    asked = threading.Event()
+
+    def never_answers(call):
+        asked.set()
+        return NEVER
+
+    env = {"TMPDIR": str(tmp_path), "FFMPEG_BINARY": ""}  # the choice without a forced binary
+    with FakeDaemon(REPO, tts=never_answers, env=env) as first:
+        first.start_tool({"text": TEXT, "model": dict(DEFAULT_MODEL), "cache": False})
+        assert asked.wait(60), first.stderr_tail()
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left and all(name.startswith(f"ttsp-{first.proc.pid}-") for name in left), left
+        first.proc.kill()  # the plugin process only, as the daemon does
+        first.proc.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == left
+    with FakeDaemon(REPO, tts=lambda call: CountingEngine(tone_answer)(call.text, None), env=env) as second:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("ffmpeg" in e.get("message", "") for e in second.logs):
+            time.sleep(0.1)
+        messages = [e.get("message", "") for e in second.logs]
+        assert any(f"removed the stale job directory {tmp_path / left[0]}" in m for m in messages), messages
+        assert any(m.startswith("ffmpeg ") and "(imageio-ffmpeg): encode+measure in one run" in m for m in messages)
+        assert list(tmp_path.iterdir()) == []
+        assert second.invoke_tool({"text": TEXT, "model": dict(DEFAULT_MODEL), "cache": False}).ok
 
 
 # ------------------------------------------------------------------------------------------- runner
