@@ -15,8 +15,9 @@ run; a binary without it is used only when nothing better is there, and master t
 file in a second run. `require()` raises FFmpegError saying what is missing and how to fix it: the pipeline
 calls it before the first TTS request, so a job never pays for speech it cannot encode.
 
-On Linux every child gets SIGKILL when the thread that started it dies (PR_SET_PDEATHSIG): when the daemon
-kills the plugin (execution timeout), no ffmpeg outlives it. Under the Dify SDK, `subprocess` is patched by
+On Linux every child gets SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG): when the daemon
+kills the plugin (execution timeout), no ffmpeg outlives it. (A thread always outlives its own ffmpeg: run()
+waits for it. Under gevent every greenlet runs in the main thread.) Under the Dify SDK, `subprocess` is patched by
 gevent (it forks in Python and runs the preexec_fn too), so waiting on ffmpeg does not block other greenlets.
 """
 
@@ -92,9 +93,14 @@ def _start(argv: list[str], stdin: bool) -> subprocess.Popen[bytes]:
 
 
 def _finish(proc: subprocess.Popen[bytes], stdin: bytes | None, timeout: float) -> tuple[bytes, bytes]:
-    """communicate() with a timeout that kills and reaps the child (as subprocess.run does)."""
+    """communicate() with a timeout that kills and reaps the child, keeping what it wrote (as subprocess.run
+    does); any other interruption (a cancelled greenlet) kills and reaps it too."""
     try:
         return proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        exc.stdout, exc.stderr = proc.communicate()
+        raise
     except BaseException:
         proc.kill()
         proc.wait()
