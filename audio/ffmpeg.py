@@ -338,6 +338,9 @@ def reset() -> None:
     probe.cache_clear()
 
 
+ffmpeg_binary.cache_clear = reset  # type: ignore[attr-defined]  # what callers of the old cached function used
+
+
 def warm_up() -> Capabilities | None:
     """Choose the binary (probing it) and import what running it needs, at process start rather than in the
     first job, and return the choice for the start-up log. A missing ffmpeg is not an error here: each
