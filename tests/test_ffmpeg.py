@@ -171,10 +171,22 @@ def test_an_old_ffmpeg_on_path_is_used_when_nothing_better_exists(monkeypatch, t
 
 
 @pytest.mark.skipif(not os.access(DEBIAN_FFMPEG, os.X_OK), reason="no distribution ffmpeg installed")
-def test_the_distribution_ffmpeg_probes_as_usable_without_loopback():
+@pytest.mark.parametrize("fmt", ["mp3", "m4a", "ogg", "flac", "wav"])
+def test_the_distribution_ffmpeg_forced_works_or_stops_before_any_tts_call(monkeypatch, tmp_path, tone_answer, fmt):
+    """Debian 12's 5.1 (and Ubuntu 24.04's 6.1) have every feature but `-dec`: forced, they take the slower path
+    with correct figures. A distribution build lacking a feature must stop the job before its first TTS call."""
     caps = ffmpeg.probe(DEBIAN_FFMPEG)
-    assert caps.usable, caps.missing
-    assert caps.has_loopback == (caps.major is None or caps.major >= 7)
+    assert not caps.has_loopback or caps.major is None or caps.major >= 7, caps
+    monkeypatch.setenv("FFMPEG_BINARY", DEBIAN_FFMPEG)
+    if caps.usable:
+        result, engine = narrate(tmp_path, tone_answer, fmt)
+        assert engine.calls == 3
+        check_figures(result)
+    else:
+        engine = CountingEngine(tone_answer)
+        with pytest.raises(FFmpegError, match="lacks"):
+            pipeline.narrate(pipeline.Job(text=TEXT), engine, workdir=tmp_path)
+        assert engine.calls == 0
 
 
 # ---------------------------------------------------------------------------------- fail before paying
