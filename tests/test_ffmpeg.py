@@ -204,6 +204,26 @@ def test_an_ffmpeg_binary_lacking_features_fails_before_any_tts_call(monkeypatch
     assert not (tmp_path / "out.mp3").exists()
 
 
+def test_an_ffmpeg_that_cannot_run_the_pipelines_graph_is_refused(monkeypatch, tmp_path, bundled, tone_answer):
+    """Every filter listed, but an option of the pipeline's graph unknown (as 5.1's ebur128 had no
+    framelog=quiet): found by the probe's graph run, reported with ffmpeg's words, before any TTS call."""
+    fake = tmp_path / "ffmpeg"
+    fake.write_text(
+        "#!/bin/bash\n"
+        'case " $* " in *" pipe:0 "*ebur128*) echo "[fatal] Error initializing complex filters." >&2; exit 1 ;; esac\n'
+        f'exec "{bundled}" "$@"\n'
+    )
+    fake.chmod(0o755)
+    assert ffmpeg.probe(str(fake)).missing == (
+        "the pipeline's filter graph to run (it said: [fatal] Error initializing complex filters.)",
+    )
+    monkeypatch.setenv("FFMPEG_BINARY", str(fake))
+    engine = CountingEngine(tone_answer)
+    with pytest.raises(FFmpegError, match="lacks the pipeline's filter graph to run"):
+        pipeline.narrate(pipeline.Job(text=TEXT), engine, workdir=tmp_path)
+    assert engine.calls == 0
+
+
 def test_no_ffmpeg_at_all_fails_before_any_tts_call(monkeypatch, tmp_path, tone_answer):
     monkeypatch.delenv("FFMPEG_BINARY", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
