@@ -161,7 +161,7 @@ def speakers(value: Any) -> dict[str, SpeakerVoice]:
         pairs = list(value.items())
     else:
         text = str(value).strip()
-        if text.startswith("{"):
+        if text.startswith(("{", "[")):
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
