@@ -230,6 +230,15 @@ def speaker_voice(name: str, spec: Any) -> SpeakerVoice:
     return SpeakerVoice(_voice(name, text), model, speed)
 
 
+def speaker_spec(entry: SpeakerVoice) -> str:
+    """The text form of one entry, as speakers() reads it back: "alloy", "2:nova@1.2", "2:"."""
+    text = f"{entry.model}:" if entry.model != 1 else ""
+    text += entry.voice or ""
+    if entry.speed is not None:
+        text += f"@{entry.speed:g}"
+    return text or "1:"
+
+
 def _voice(name: str, voice: str | None) -> str | None:
     text = (voice or "").strip()
     if len(text) > 128:

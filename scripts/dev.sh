@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The two commands of README.md live here so that Makefile, README and .ci/run say the same thing.
 #   scripts/dev.sh demo   -> venv + runtime and local-runner deps, narrate examples/podcast.md to podcast.mp3
+#                            (Host on embedded model 1, Guest on model 2)
 #   scripts/dev.sh test   -> venv + dev deps, ruff, whole test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,8 @@ case "${1:-}" in
   demo)
     ensure_venv requirements-local.txt
     shift
-    "$VENV/bin/python" -m audio narrate examples/podcast.md -o podcast.mp3 "$@"
+    # the guest reads with the second embedded model (another answer shape, 10 dB quieter): two providers
+    "$VENV/bin/python" -m audio narrate examples/podcast.md -o podcast.mp3 --speakers "Host=en-us; Guest=2:en-gb+f3" "$@"
     ;;
   test)
     ensure_venv requirements-dev.txt
