@@ -241,3 +241,15 @@ def test_cache_entries_are_per_model(tmp_path):
     other = Engine()
     synth.run(same[1:], {2: other}, cache=cache, namespace="p1/m1", models={2: "p3/m3"})
     assert len(other.calls) == 1  # another model behind model_2: not served from the cache
+
+
+def test_the_time_budget_counts_each_models_calls_against_its_own_concurrency():
+    from audio.pipeline import MIN_CALL_S, Job, check_budget
+
+    one_model = [Request(i, "x") for i in range(40)]
+    split = [Request(i, "x", model=1 + i % 2) for i in range(40)]
+    budget = 40 * MIN_CALL_S / 2 * 0.75  # 40 calls at concurrency 2 do not fit; 20 per model do
+    job = Job(text="x", concurrency=2, time_budget_s=budget)
+    with pytest.raises(InvalidInput, match="time limit"):
+        check_budget(one_model, job)
+    check_budget(split, job)
