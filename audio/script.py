@@ -900,7 +900,7 @@ def plan(
         what = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items())
         raise InvalidInput("text", "there is nothing to read aloud" + (f" (skipped: {what})" if what else ""))
 
-    defaults = {1: voice, **(model_voices or {})}
+    defaults = {**(model_voices or {}), 1: voice}
     voices = [
         SpeakerVoice(sv.voice if sv.voice is not None else defaults.get(sv.model), sv.model, sv.speed)
         for sv in _voices(builder.out, spoken_by, mapping, voice)
