@@ -174,6 +174,33 @@ def test_the_measurement_sees_the_10_db_between_the_providers_without_leveling(d
     assert 8.0 < levels["Host"] - levels["Guest"] < 12.0, levels
 
 
+def test_chapters_across_models(daemon):
+    """Headings (read by model 1's narrator) become chapters that start where their heading's audio starts, with
+    the speakers of both models in between; each chapter's audio is where the timeline says."""
+    text = ("# Echo section\n\nHost: Alpha opens the show.\nGuest: Bravo answers it.\n\n"
+            "# Foxtrot section\n\nHost: Charlie goes on.\nGuest: Delta ends it.")  # fmt: skip
+    daemon.tts = two_providers
+    run = daemon.invoke_tool(params(text=text, subtitles="none"))
+    assert run.ok, run.describe()
+    samples = decode_mp3(run.audio_files()[0].data)
+    stats = run.jsons[0]
+    timeline = stats["timeline"]
+    assert [(e["speaker"], e["model"]) for e in timeline] == [
+        (None, "tts-1"), ("Host", "tts-1"), ("Guest", "speech-01-turbo")] * 2  # fmt: skip
+    headings = [e for e in timeline if e["speaker"] is None]
+    chapters = stats["chapters"]
+    assert [c["title"] for c in chapters] == ["Echo section", "Foxtrot section"]
+    assert chapters[0]["start"] == 0.0 and chapters[1]["start"] == pytest.approx(headings[1]["start"], abs=0.01)
+    assert chapters[0]["end"] == pytest.approx(chapters[1]["start"], abs=0.01)
+    assert chapters[1]["end"] == pytest.approx(len(samples) / RATE, abs=0.1)
+    for entry in timeline:
+        segment = span(samples, entry["start"], entry["end"], margin=(entry["end"] - entry["start"]) * 0.2)
+        expected = FREQS[word_of(entry["text"])]
+        assert abs(dominant_freq(segment) - expected) < expected * 0.04, (entry, dominant_freq(segment))
+    levels = speaker_levels(samples, timeline)
+    assert abs(levels["Host"] - levels["Guest"]) <= 1.5, levels
+
+
 def test_a_failing_second_model_is_named_in_the_error(daemon):
     def guest_provider_down(call: TTSCall) -> list[bytes]:
         if call.model == MODEL_2["model"]:
