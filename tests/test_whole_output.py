@@ -168,3 +168,35 @@ def test_an_unbuffered_interpreter_with_signals_writes_every_line_whole():
     for n, line in enumerate(lines):
         message = json.loads(line)
         assert message["n"] == n and message["blob"] == chr(97 + n % 26) * 200_000
+
+
+def test_install_keeps_a_stdout_without_descriptor_and_is_idempotent(monkeypatch):
+    import io
+    import logging
+
+    from tools import whole_output
+
+    fake = io.StringIO()  # e.g. a test runner's capture: no fileno, nothing to make whole
+    monkeypatch.setattr(sys, "stdout", fake)
+    assert whole_output.make_stdout_whole() is False and sys.stdout is fake
+
+    read_fd, write_fd = os.pipe()
+    try:
+        stream = open(write_fd, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - closed below
+        handler = logging.StreamHandler(stream)
+        logging.getLogger().addHandler(handler)
+        monkeypatch.setattr(sys, "stdout", stream)
+        try:
+            assert whole_output.make_stdout_whole() is True
+            whole = sys.stdout
+            assert isinstance(whole, WholeWriteStdout) and whole.fileno() == write_fd
+            assert handler.stream is whole  # log records take the same whole-write path
+            assert whole_output.make_stdout_whole() is True and sys.stdout is whole
+            print("héllo", file=whole)
+        finally:
+            logging.getLogger().removeHandler(handler)
+            stream.close()
+        assert os.read(read_fd, 100) == "héllo\n".encode()
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
