@@ -17,7 +17,7 @@ Two PATHs for the plugin process:
   False: flip it to True after merging (a strict xfail that passes fails the run, as a reminder).
 
 Skipped only when uv or a Python 3.12 cannot be found; an install that fails (e.g. PyPI unreachable) fails.
-Takes ~10-20 s to install with a warm uv cache (~10 s measured here) plus ~2 s per job.
+Measured here: `uv pip install` 6.8 s with an empty uv cache, 1.9 s with a warm one; the module ~30 s.
 """
 
 from __future__ import annotations
