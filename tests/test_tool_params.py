@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import types
@@ -50,7 +51,7 @@ def test_defaults():
     assert job.speakers == {}
     assert (job.encode.fmt, job.encode.bitrate_kbps, job.encode.sample_rate, job.encode.channels) == ("mp3", None,
                                                                                                       None, 1)
-    assert job.encode.max_bytes == 30 * 2**20
+    assert job.encode.max_bytes == 15 * 2**20  # Dify ≤ 1.2 refuses tool files over 15 MiB
     assert job.loudness == LOUDNESS_PRESETS["podcast"]
     assert (job.pause_ms, job.paragraph_pause_ms, job.max_chars_per_request, job.concurrency) == (300, 700, 600, 4)
     assert job.subtitles == "none" and job.chapters is None
@@ -315,7 +316,21 @@ def test_messages_of_a_successful_run(monkeypatch):
     stats = next(m.message.json_object for m in messages if m.type.value == "json")
     variables = {m.message.variable_name: m.message.variable_value for m in messages if m.type.value == "variable"}
     assert variables == stats
+    assert stats["sha256"] == hashlib.sha256(b"ID3fake-mp3-bytes").hexdigest()
     assert "My Show.mp3" in messages[-1].message.text
+
+
+def test_no_variable_message_has_no_value(monkeypatch):
+    """Dify before PR #30082 refuses a variable message whose value is None; the JSON keeps the nulls."""
+    lossless = fake_result(fmt="flac", mime_type="audio/flac", extension=".flac", bitrate_kbps=None,
+                           loudness_lufs=None, true_peak_dbtp=None, target=LOUDNESS_PRESETS["off"])
+    messages, _ = run_tool(monkeypatch, params(output_format="flac", loudness="off"), lossless)
+    stats = next(m.message.json_object for m in messages if m.type.value == "json")
+    assert stats["bitrate_kbps"] is None and stats["loudness_lufs"] is None and stats["true_peak_dbtp"] is None
+    variables = {m.message.variable_name: m.message.variable_value for m in messages if m.type.value == "variable"}
+    assert all(value is not None for value in variables.values())
+    assert set(stats) - set(variables) == {"bitrate_kbps", "loudness_lufs", "true_peak_dbtp"}
+    assert variables["timeline"] == stats["timeline"]  # None inside a list is fine (Dify checks the top level)
 
 
 def test_subtitles_come_as_a_second_file(monkeypatch):

@@ -8,6 +8,7 @@ user sees. Nothing here touches audio bytes.
 
 # No `from __future__ import annotations` here: the SDK's class loader executes this file without registering
 # it in sys.modules, and @dataclass resolves string annotations through sys.modules (AttributeError at startup).
+import hashlib
 import json
 import logging
 import re
@@ -39,6 +40,10 @@ for _name in (__name__, "audio"):  # plugin log events reach the daemon's log; s
 PLACEHOLDER_VOICE = "default"
 DEFAULT_FILENAME = "narration"
 MAX_FILENAME_CHARS = 100
+# The largest tool file every Dify version this plugin supports (manifest: minimum_dify_version 1.0.0) accepts:
+# Dify ≤ 1.2 (daemon ≤ 0.0.7) refuses a blob over 15 MiB; 1.3 until PLUGIN_MAX_FILE_SIZE: 30 MiB; newer:
+# PLUGIN_MAX_FILE_SIZE (default 50 MiB). Users on a newer Dify raise `max_output_mb`.
+DEFAULT_MAX_OUTPUT_MB = 15
 # Dify stops a tool call after PLUGIN_MAX_EXECUTION_TIMEOUT (600 s by default); keep time for mastering.
 TIME_BUDGET_S = 540.0
 TIMELINE_TEXT_CHARS = 120
@@ -94,7 +99,7 @@ class TtsPipelineTool(Tool):
             )
         stats = stats_json(result)
         yield self.create_json_message(stats)
-        for name, value in stats.items():  # the output_schema's variables, for workflows
+        for name, value in variables(stats):  # the output_schema's variables, for workflows
             yield self.create_variable_message(name, value)
         yield self.create_text_message(summary_text(result, call.filename + result.extension))
         logger.info("done: %.1f s of audio, %d bytes", result.duration_s, result.size_bytes)
@@ -127,7 +132,9 @@ def parse_parameters(params: Mapping[str, Any]) -> Invocation:
         bitrate_kbps=options.bitrate(params.get("bitrate")),
         sample_rate=options.sample_rate(params.get("sample_rate")),
         channels=options.channels(params.get("channels")),
-        max_bytes=int(options.number("max_output_mb", params.get("max_output_mb"), 30, integer=False) * 2**20),
+        max_bytes=int(
+            options.number("max_output_mb", params.get("max_output_mb"), DEFAULT_MAX_OUTPUT_MB, integer=False) * 2**20
+        ),
     )
     job = Job(
         text=text,
@@ -224,6 +231,7 @@ def stats_json(result: Result) -> dict[str, Any]:
         "channels": result.channels,
         "bitrate_kbps": result.bitrate_kbps,
         "size_bytes": result.size_bytes,
+        "sha256": file_sha256(result),
         "loudness_lufs": _round(result.loudness_lufs, 2),
         "true_peak_dbtp": _round(result.true_peak_dbtp, 2),
         "target": result.target.name,
@@ -245,6 +253,29 @@ def stats_json(result: Result) -> dict[str, Any]:
         "chapters": [{"title": c.title, "start": round(c.start, 3), "end": round(c.end, 3)} for c in result.chapters],
         "warnings": list(result.stats.warnings),
     }
+
+
+def variables(stats: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The stats as (name, value) variable messages, leaving out those without a value.
+
+    Dify before langgenius/dify PR #30082 (2025-12-24) refuses a variable message whose value is None ("Only
+    basic types and lists are allowed") and the tool call fails after the file was made; a variable that is
+    not set reads as empty in a workflow. The JSON message keeps every field (null where there is no value).
+    Only the top-level value is checked by Dify, so None inside a list (a timeline speaker) is fine.
+    """
+    return [(name, value) for name, value in stats.items() if value is not None]
+
+
+def file_sha256(result: Result) -> str:
+    """Hex SHA-256 of the audio file as sent, so a workflow can detect a file that arrived cut short (daemons
+    0.0.8–0.1.2, Dify 1.3.0–1.5.x, drop blob chunks when their queue is full)."""
+    if result.path is not None and not result.data:
+        digest = hashlib.sha256()
+        with open(result.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    return hashlib.sha256(result.data).hexdigest()
 
 
 def summary_text(result: Result, filename: str) -> str:
