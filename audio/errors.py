@@ -52,6 +52,10 @@ class SynthesisFailed(PipelineError):
         self.attempts = attempts
 
 
+class VoiceRefused(SynthesisFailed):
+    """The provider (or the daemon) refused the voice: not retried, and the job stops after that one call."""
+
+
 class OutputTooLarge(PipelineError):
     """No allowed encoding of the programme fits the output size limit."""
 

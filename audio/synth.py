@@ -20,9 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .cache import Cache, cache_key
-from .errors import InvalidAudio, InvalidInput, SynthesisFailed
+from .errors import InvalidAudio, InvalidInput, SynthesisFailed, VoiceRefused
 from .model import AudioFile, Request, Stats, Synthesize
 from .segments import split_call
+from .voices import VoiceGate, voice_refused
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def run(
     soon as the call is validated), so memory does not grow with the length of the text.
 
     Raises SynthesisFailed (provider errors, stalls) or InvalidAudio (non-audio answers) for the first
-    request that fails after `attempts` tries; InvalidInput from the engine (e.g. unknown voice) is not retried.
+    request that fails after `attempts` tries; InvalidInput from the engine (e.g. unknown voice) is not retried,
+    nor is an error that says the voice was refused (VoiceRefused, after one call: see audio.voices).
     """
     stats = stats if stats is not None else Stats()
     total = len(requests)
@@ -110,6 +112,8 @@ def run(
                 log.warning("request #%d attempt %d: %s", req.index + 1, attempt, exc)
                 continue
             except Exception as exc:
+                if voice_refused(str(exc)):  # no retry can fix it (see audio.voices)
+                    raise VoiceRefused(req.index, req.text, _short(str(exc)), attempt) from exc
                 last_error = exc
                 log.warning("request #%d attempt %d failed: %s", req.index + 1, attempt, _short(str(exc)))
                 continue
@@ -120,11 +124,28 @@ def run(
             raise last_error
         raise SynthesisFailed(req.index, req.text, _short(str(last_error) or type(last_error).__name__), attempts)
 
+    gate = VoiceGate(namespace)
+
+    def gated(req: Request) -> CallResult:
+        """`one`, but the first request of a voice not yet proven in this process runs alone (audio.voices)."""
+        probe = gate.turn(req.voice, cancelled, _Cancelled)
+        ok = refused = False
+        try:
+            result = one(req)
+            ok = True
+            return result
+        except VoiceRefused:
+            refused = True
+            raise
+        finally:
+            if probe:
+                gate.done(req.voice, ok=ok, refused=refused)
+
     position = {req.index: pos for pos, req in enumerate(requests)}
     workers = max(1, min(concurrency, total or 1))
     # Not a `with` block: on failure we must not wait for a call that is stuck inside the provider.
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tts")
-    pending: set[Future[CallResult]] = {pool.submit(one, req) for req in requests}
+    pending: set[Future[CallResult]] = {pool.submit(gated, req) for req in requests}
     try:
         while pending:
             finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)

@@ -384,6 +384,17 @@ def test_voice_errors_tell_the_user_what_to_do(monkeypatch, extra, hint):
     assert hint in message and "`voice` parameter" in message and "model selector" in message
 
 
+def test_no_audio_at_all_with_the_placeholder_suggests_picking_a_voice(monkeypatch):
+    """MiniMax answers an unknown voice with a JSON error its model plugin drops: zero chunks."""
+    empty = InvalidAudio(0, "the provider returned no audio at all (zero bytes)", sniffed="empty")
+    with pytest.raises(InvalidAudio) as info:
+        run_tool(monkeypatch, params(), empty)
+    assert "placeholder 'default'" in str(info.value) and "Pick a voice" in str(info.value)
+    with pytest.raises(InvalidAudio) as info:
+        run_tool(monkeypatch, params(voice="nova"), InvalidAudio(0, "no audio", sniffed="empty"))
+    assert "Pick a voice" not in str(info.value)
+
+
 def test_other_synthesis_errors_get_no_voice_hint(monkeypatch):
     failure = SynthesisFailed(4, "Some text.", "invoke tts model failed: rate limit exceeded", 3)
     with pytest.raises(SynthesisFailed) as info:

@@ -24,7 +24,7 @@ from dify_plugin.entities.tool import ToolInvokeMessage
 
 from audio import options
 from audio.cache import KeyValueCache
-from audio.errors import InvalidInput, PipelineError, SynthesisFailed
+from audio.errors import InvalidAudio, InvalidInput, PipelineError, SynthesisFailed, VoiceRefused
 from audio.model import EncodeOptions, Result, Synthesize, Tags
 from audio.pipeline import Job, narrate
 
@@ -73,9 +73,13 @@ class TtsPipelineTool(Tool):
             "narrating %d chars with %s/%s (voice from %s): %r",
             len(job.text), call.provider, call.model, call.voice_source, job.text[:40],
         )
-        cache = KeyValueCache(self.session.storage) if call.use_cache else None
+        # The storage quota is per workspace; the app id stands for it (audio.cache.KeyValueCache, "scope").
+        scope = str(getattr(self.session, "app_id", None) or "")
+        cache = KeyValueCache(self.session.storage, scope=scope) if call.use_cache else None
         try:
             result = narrate(job, self._synthesizer(call.provider, call.model), cache=cache)
+            if cache is not None:
+                result.stats.warnings.extend(cache.notes)
         except PipelineError as err:
             logger.warning("failed: %s", err)
             err.args = (user_message(err, call),)
@@ -299,7 +303,10 @@ def summary_text(result: Result, filename: str) -> str:
 def user_message(err: PipelineError, call: Invocation) -> str:
     """The error text a Dify user reads, with what to do about voices when the provider refused one."""
     message = str(err)
-    if isinstance(err, SynthesisFailed) and "voice" in err.provider_message.lower():
+    voice_error = isinstance(err, VoiceRefused) or (
+        isinstance(err, SynthesisFailed) and "voice" in err.provider_message.lower()
+    )
+    if voice_error:
         if call.voice_source == "placeholder":
             message += (
                 f"\nNo voice was chosen, so the placeholder {PLACEHOLDER_VOICE!r} was sent and the TTS provider"
@@ -310,6 +317,13 @@ def user_message(err: PipelineError, call: Invocation) -> str:
                 f"\nThe voice came from the {call.voice_source}. Pick a voice this model offers in the model"
                 " selector's settings, or set the `voice` parameter (or fix `speakers`)."
             )
+    elif isinstance(err, InvalidAudio) and err.sniffed == "empty" and call.voice_source == "placeholder":
+        # MiniMax answers an unknown voice with HTTP 200 and a JSON error its model plugin drops: zero chunks
+        message += (
+            f"\nNo voice was chosen, so the placeholder {PLACEHOLDER_VOICE!r} was sent; some providers (e.g."
+            " MiniMax) answer a voice they do not know with no audio. Pick a voice in the model selector's"
+            " settings, or set the `voice` parameter."
+        )
     return message
 
 
