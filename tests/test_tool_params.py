@@ -342,7 +342,7 @@ def test_subtitles_come_as_a_second_file(monkeypatch):
     assert blobs[1].message.blob.startswith(b"WEBVTT")
     srt = fake_result(subtitles="1\n00:00:00,000 --> 00:00:02,500\nHello there.\n", subtitles_format="srt")
     messages, _ = run_tool(monkeypatch, params(subtitles="srt"), srt)
-    assert [m.meta for m in messages if m.type.value == "blob"][1] == {"mime_type": "application/x-subrip",
+    assert [m.meta for m in messages if m.type.value == "blob"][1] == {"mime_type": "text/plain",
                                                                       "filename": "narration.srt"}
 
 

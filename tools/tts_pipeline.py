@@ -22,7 +22,7 @@ from dify_plugin.config.logger_format import plugin_logger_handler
 from dify_plugin.entities.model.tts import TTSModelConfig
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from audio import options
+from audio import options, subtitles
 from audio.cache import KeyValueCache
 from audio.errors import InvalidAudio, InvalidInput, PipelineError, SynthesisFailed, VoiceRefused
 from audio.model import EncodeOptions, Result, Synthesize, Tags
@@ -48,7 +48,7 @@ DEFAULT_MAX_OUTPUT_MB = 15
 TIME_BUDGET_S = 540.0
 TIMELINE_TEXT_CHARS = 120
 
-SUBTITLE_MIME = {"vtt": "text/vtt", "srt": "application/x-subrip"}
+SUBTITLE_MIME = subtitles.MIME_TYPES  # chosen for the extension Dify stores the file under (see there)
 _KNOWN_EXTENSIONS = (".mp3", ".m4a", ".mp4", ".aac", ".ogg", ".oga", ".opus", ".flac", ".wav", ".srt", ".vtt")
 _UNSAFE_FILENAME = re.compile(r'[/\\:*?"<>|]')
 
