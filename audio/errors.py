@@ -53,7 +53,12 @@ class SynthesisFailed(PipelineError):
 
 
 class VoiceRefused(SynthesisFailed):
-    """The provider (or the daemon) refused the voice: not retried, and the job stops after that one call."""
+    """The provider (or the daemon) refused the voice: not retried, and the job stops after that one call.
+    `voice` is the voice the request asked for (None = the provider's default, i.e. the tool's placeholder)."""
+
+    def __init__(self, index: int, text: str, provider_message: str, attempts: int, voice: str | None) -> None:
+        super().__init__(index, text, provider_message, attempts)
+        self.voice = voice
 
 
 class OutputTooLarge(PipelineError):

@@ -113,7 +113,7 @@ def run(
                 continue
             except Exception as exc:
                 if voice_refused(str(exc)):  # no retry can fix it (see audio.voices)
-                    raise VoiceRefused(req.index, req.text, _short(str(exc)), attempt) from exc
+                    raise VoiceRefused(req.index, req.text, _short(str(exc)), attempt, req.voice) from exc
                 last_error = exc
                 log.warning("request #%d attempt %d failed: %s", req.index + 1, attempt, _short(str(exc)))
                 continue

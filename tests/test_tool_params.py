@@ -384,6 +384,16 @@ def test_voice_errors_tell_the_user_what_to_do(monkeypatch, extra, hint):
     assert hint in message and "`voice` parameter" in message and "model selector" in message
 
 
+def test_a_refused_speaker_voice_is_named(monkeypatch):
+    from audio.errors import VoiceRefused
+
+    refused = VoiceRefused(2, "Guest says hi.", "invoke tts model failed: Invalid voice 'bogus'.", 1, "bogus")
+    with pytest.raises(VoiceRefused) as info:
+        run_tool(monkeypatch, params(speakers="Host=alloy; Guest=bogus"), refused)
+    message = str(info.value)
+    assert "refused the voice 'bogus'" in message and "`speakers`" in message and "placeholder" not in message
+
+
 def test_no_audio_at_all_with_the_placeholder_suggests_picking_a_voice(monkeypatch):
     """MiniMax answers an unknown voice with a JSON error its model plugin drops: zero chunks."""
     empty = InvalidAudio(0, "the provider returned no audio at all (zero bytes)", sniffed="empty")

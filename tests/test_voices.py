@@ -85,7 +85,7 @@ def test_a_refused_voice_stops_the_job_after_one_call(concurrency):
     with pytest.raises(VoiceRefused) as info:
         synth.run(requests(12, None), provider, concurrency=concurrency, attempts=3, backoff_s=0, namespace="p/m")
     assert len(provider.calls) == 1  # not retried, no other request started
-    assert isinstance(info.value, SynthesisFailed) and info.value.attempts == 1
+    assert isinstance(info.value, SynthesisFailed) and info.value.attempts == 1 and info.value.voice is None
     assert "failed after 1 attempt(s)" in str(info.value) and "'param': 'voice'" not in str(info.value)
     assert '"param": "voice"' in info.value.provider_message
 

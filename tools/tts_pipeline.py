@@ -306,7 +306,12 @@ def user_message(err: PipelineError, call: Invocation) -> str:
     voice_error = isinstance(err, VoiceRefused) or (
         isinstance(err, SynthesisFailed) and "voice" in err.provider_message.lower()
     )
-    if voice_error:
+    if isinstance(err, VoiceRefused) and err.voice is not None:  # the request's own voice, e.g. from `speakers`
+        message += (
+            f"\nThe TTS provider refused the voice {err.voice!r}. Use a voice this model offers (see the model"
+            " selector's settings) in `voice`, `speakers` or the model selector."
+        )
+    elif voice_error:
         if call.voice_source == "placeholder":
             message += (
                 f"\nNo voice was chosen, so the placeholder {PLACEHOLDER_VOICE!r} was sent and the TTS provider"
