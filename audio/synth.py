@@ -129,17 +129,14 @@ def run(
     def gated(req: Request) -> CallResult:
         """`one`, but the first request of a voice not yet proven in this process runs alone (audio.voices)."""
         probe = gate.turn(req.voice, cancelled, _Cancelled)
-        ok = refused = False
+        ok = False
         try:
             result = one(req)
             ok = True
             return result
-        except VoiceRefused:
-            refused = True
-            raise
         finally:
             if probe:
-                gate.done(req.voice, ok=ok, refused=refused)
+                gate.done(req.voice, ok=ok)
 
     position = {req.index: pos for pos, req in enumerate(requests)}
     workers = max(1, min(concurrency, total or 1))

@@ -56,16 +56,17 @@ _PROVEN_MAX = 4096
 class VoiceGate:
     """Per job: the first call of each voice not yet proven runs alone; the others of that voice wait.
 
-    `turn(voice, cancelled, stop)` returns True for the caller that must report back with `done(voice, ...)`;
+    `turn(voice, cancelled, stop)` returns True for the caller that must report back with `done(voice, ok)`;
     waiting callers return False as soon as the voice is proven, and raise `stop()` once the job is
-    cancelled. After the probe was refused no waiting call starts: they wait for the job to be cancelled.
+    cancelled. A request that fails fails the whole job, so after a failed probe (refused voice, or any
+    other error after its retries) no waiting call starts: they wait for the job to be cancelled.
     """
 
     def __init__(self, namespace: str) -> None:
         self._namespace = namespace
         self._lock = threading.Lock()
         self._probes: dict[str | None, threading.Event] = {}
-        self._refused: set[str | None] = set()
+        self._failed: set[str | None] = set()
 
     def turn(self, voice: str | None, cancelled: threading.Event, stop: Callable[[], BaseException]) -> bool:
         key = (self._namespace, voice)
@@ -74,26 +75,25 @@ class VoiceGate:
                 if key in _PROVEN:
                     return False
                 probe = self._probes.get(voice)
-                if probe is None and voice not in self._refused:
+                if probe is None and voice not in self._failed:
                     self._probes[voice] = threading.Event()
                     return True
             if probe is not None:
                 probe.wait(0.2)
-            else:  # refused: the job is being stopped; never start another call with this voice
+            else:  # the probe failed: the job is being stopped; never start another call with this voice
                 cancelled.wait(0.2)
             if cancelled.is_set():
                 raise stop()
 
-    def done(self, voice: str | None, *, ok: bool, refused: bool = False) -> None:
-        """The probe of `voice` finished: proven if `ok`; refused (no call with it starts any more); otherwise
-        (another failure) the next waiting call becomes the probe."""
+    def done(self, voice: str | None, *, ok: bool) -> None:
+        """The probe of `voice` finished: the voice is proven if `ok`, else no call with it starts any more."""
         with self._lock:
             if ok:
                 if len(_PROVEN) >= _PROVEN_MAX:
                     _PROVEN.clear()
                 _PROVEN.add((self._namespace, voice))
-            if refused:
-                self._refused.add(voice)
+            else:
+                self._failed.add(voice)
             probe = self._probes.pop(voice, None)
         if probe is not None:
             probe.set()

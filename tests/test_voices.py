@@ -112,3 +112,19 @@ def test_a_failed_probe_that_is_not_about_the_voice_lets_the_next_call_try():
 
     results = synth.run(requests(5, "nova"), flaky, concurrency=4, backoff_s=0, namespace="p/m")
     assert len(results) == 5 and len(calls) == 6  # one retry, no refusal
+
+
+def test_no_audio_for_an_unproven_voice_costs_one_request_not_the_whole_first_wave():
+    """MiniMax drops its JSON error for an unknown voice and yields nothing: not recognisable as a refusal, so
+    the request is retried, but the job's other requests with that voice never start."""
+    from audio.errors import InvalidAudio
+
+    calls: list[str] = []
+
+    def silent(text: str, voice: str | None):
+        calls.append(text)
+        return iter(())
+
+    with pytest.raises(InvalidAudio):
+        synth.run(requests(12, None), silent, concurrency=4, attempts=3, backoff_s=0, namespace="p/m")
+    assert len(calls) == 3  # one request, three attempts (the first wave alone would have been 4 × 3)
