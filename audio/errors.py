@@ -61,6 +61,17 @@ class SynthesisFailed(PipelineError):
         self.model = model  # e.g. "model_2 minimax/speech-01"
 
 
+class VoiceRefused(SynthesisFailed):
+    """The provider (or the daemon) refused the voice: not retried, and the job stops after that one call.
+    `voice` is the voice the request asked for (None = the provider's default, i.e. the tool's placeholder)."""
+
+    def __init__(
+        self, index: int, text: str, provider_message: str, attempts: int, voice: str | None, model: str = ""
+    ) -> None:
+        super().__init__(index, text, provider_message, attempts, model=model)
+        self.voice = voice
+
+
 class OutputTooLarge(PipelineError):
     """No allowed encoding of the programme fits the output size limit."""
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .cache import Cache, cache_key
-from .errors import InvalidAudio, InvalidInput, SynthesisFailed
+from .errors import InvalidAudio, InvalidInput, SynthesisFailed, VoiceRefused
 from .model import MODEL_PARAMS, AudioFile, Request, Stats, Synthesize, Synthesizers
 from .segments import split_call
+from .voices import VoiceGate, voice_refused
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def run(
 
     Raises InvalidInput("speakers") before any call when a request's model has no callable; SynthesisFailed
     (provider errors, stalls) or InvalidAudio (non-audio answers) for the first request that fails after
-    `attempts` tries; InvalidInput from the engine (e.g. unknown voice) is not retried.
+    `attempts` tries; InvalidInput from the engine (e.g. unknown voice) is not retried, nor is an error that
+    says the voice was refused (VoiceRefused, after one call: see audio.voices).
     """
     engines = as_synthesizers(synthesize)
     names = dict(models or {})
@@ -127,6 +129,10 @@ def run(
                 log.warning("request #%d%s attempt %d: %s", req.index + 1, f" ({label})" * bool(label), attempt, exc)
                 continue
             except Exception as exc:
+                if voice_refused(str(exc)):  # no retry can fix it (see audio.voices)
+                    raise VoiceRefused(
+                        req.index, req.text, _short(str(exc)), attempt, req.voice, model=label
+                    ) from exc
                 last_error = exc
                 log.warning(
                     "request #%d%s attempt %d failed: %s", req.index + 1, f" ({label})" * bool(label), attempt,
@@ -144,6 +150,22 @@ def run(
         message = _short(str(last_error) or type(last_error).__name__)
         raise SynthesisFailed(req.index, req.text, message, attempts, model=label)
 
+    # A voice is proven per model: the same name may be fine for one provider and refused by another.
+    gates = {model: VoiceGate(cache_namespace(model, names, namespace)) for model in engines}
+
+    def gated(req: Request) -> CallResult:
+        """`one`, but the first request of a voice not yet proven in this process runs alone (audio.voices)."""
+        gate = gates[req.model]
+        probe = gate.turn(req.voice, cancelled, _Cancelled)
+        ok = False
+        try:
+            result = one(req)
+            ok = True
+            return result
+        finally:
+            if probe:
+                gate.done(req.voice, ok=ok)
+
     position = {req.index: pos for pos, req in enumerate(requests)}
     per_model: dict[int, list[Request]] = {}
     for req in requests:
@@ -157,7 +179,7 @@ def run(
     pending: set[Future[CallResult]] = set()
     try:
         for req in requests:
-            pending.add(pools[req.model].submit(one, req))
+            pending.add(pools[req.model].submit(gated, req))
         while pending:
             finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for fut in finished:

@@ -9,6 +9,7 @@ independently: decoded by ffmpeg with zero errors, loudness measured with pyloud
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import re
 import sys
@@ -187,10 +188,11 @@ def check_narration(
     stats = run.jsons[0]
     assert list(stats) == STATS_FIELDS
     assert stats["format"] == "mp3" and stats["size_bytes"] == len(audio[0].data)
+    assert stats["sha256"] == hashlib.sha256(audio[0].data).hexdigest()  # of the blob as reassembled here
     assert abs(stats["duration_s"] - decoded_s) < 0.1
     assert stats["requests"] == requests == len(stats["timeline"])
     assert stats["target"] == "podcast" and abs(stats["loudness_lufs"] - loudness) < 1.0
-    assert run.variables == stats
+    assert run.variables == {name: value for name, value in stats.items() if value is not None}
     assert len(run.texts) == 1 and "narration.mp3" in run.texts[0]
     return samples
 
@@ -220,6 +222,8 @@ def test_provider_shapes_give_one_clean_file(daemon, shape):
 
 
 def test_calls_answered_out_of_order_keep_the_text_order(daemon):
+    # The first call of a voice the plugin process has not heard yet runs alone (audio.voices); make it heard.
+    assert daemon.invoke_tool(base_params(text="Alpha warms the voice up.")).ok
     hold = HoldAndRelease(tone_handler(), count=4)  # answer the first four in reverse order of arrival
     daemon.tts = hold
     run = daemon.invoke_tool(base_params(concurrency=4))

@@ -35,7 +35,7 @@ PUBLIC_PARAMETERS = [
     "filename", "subtitles", "chapters", "cache", "max_output_mb",
 ]  # fmt: skip
 STATS_FIELDS = [
-    "duration_s", "format", "sample_rate", "channels", "bitrate_kbps", "size_bytes", "loudness_lufs",
+    "duration_s", "format", "sample_rate", "channels", "bitrate_kbps", "size_bytes", "sha256", "loudness_lufs",
     "true_peak_dbtp", "target", "requests", "retries", "cache_hits", "cache_misses", "timeline", "chapters",
     "warnings",
 ]  # fmt: skip
@@ -276,7 +276,7 @@ def test_parameter_types_and_defaults():
             parse(option["value"])  # every offered value is accepted by the shared validation
 
     numbers = {"pause_ms": 300, "paragraph_pause_ms": 700, "max_chars_per_request": 600, "concurrency": 4,
-               "max_output_mb": 30}
+               "max_output_mb": 15}  # 15 MiB: the largest tool file Dify 1.0–1.2 accepts
     for name, default in numbers.items():
         assert p[name]["type"] == "number" and p[name]["default"] == default, name
         assert (p[name]["min"], p[name]["max"]) == options.LIMITS[name], name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import types
@@ -51,7 +52,7 @@ def test_defaults():
     assert job.speakers == {}
     assert (job.encode.fmt, job.encode.bitrate_kbps, job.encode.sample_rate, job.encode.channels) == ("mp3", None,
                                                                                                       None, 1)
-    assert job.encode.max_bytes == 30 * 2**20
+    assert job.encode.max_bytes == 15 * 2**20  # Dify ≤ 1.2 refuses tool files over 15 MiB
     assert job.loudness == LOUDNESS_PRESETS["podcast"]
     assert (job.pause_ms, job.paragraph_pause_ms, job.max_chars_per_request, job.concurrency) == (300, 700, 600, 4)
     assert job.subtitles == "none" and job.chapters is None
@@ -370,7 +371,21 @@ def test_messages_of_a_successful_run(monkeypatch):
     stats = next(m.message.json_object for m in messages if m.type.value == "json")
     variables = {m.message.variable_name: m.message.variable_value for m in messages if m.type.value == "variable"}
     assert variables == stats
+    assert stats["sha256"] == hashlib.sha256(b"ID3fake-mp3-bytes").hexdigest()
     assert "My Show.mp3" in messages[-1].message.text
+
+
+def test_no_variable_message_has_no_value(monkeypatch):
+    """Dify before PR #30082 refuses a variable message whose value is None; the JSON keeps the nulls."""
+    lossless = fake_result(fmt="flac", mime_type="audio/flac", extension=".flac", bitrate_kbps=None,
+                           loudness_lufs=None, true_peak_dbtp=None, target=LOUDNESS_PRESETS["off"])
+    messages, _ = run_tool(monkeypatch, params(output_format="flac", loudness="off"), lossless)
+    stats = next(m.message.json_object for m in messages if m.type.value == "json")
+    assert stats["bitrate_kbps"] is None and stats["loudness_lufs"] is None and stats["true_peak_dbtp"] is None
+    variables = {m.message.variable_name: m.message.variable_value for m in messages if m.type.value == "variable"}
+    assert all(value is not None for value in variables.values())
+    assert set(stats) - set(variables) == {"bitrate_kbps", "loudness_lufs", "true_peak_dbtp"}
+    assert variables["timeline"] == stats["timeline"]  # None inside a list is fine (Dify checks the top level)
 
 
 def test_subtitles_come_as_a_second_file(monkeypatch):
@@ -382,7 +397,7 @@ def test_subtitles_come_as_a_second_file(monkeypatch):
     assert blobs[1].message.blob.startswith(b"WEBVTT")
     srt = fake_result(subtitles="1\n00:00:00,000 --> 00:00:02,500\nHello there.\n", subtitles_format="srt")
     messages, _ = run_tool(monkeypatch, params(subtitles="srt"), srt)
-    assert [m.meta for m in messages if m.type.value == "blob"][1] == {"mime_type": "application/x-subrip",
+    assert [m.meta for m in messages if m.type.value == "blob"][1] == {"mime_type": "text/plain",
                                                                       "filename": "narration.srt"}
 
 
@@ -422,6 +437,27 @@ def test_voice_errors_tell_the_user_what_to_do(monkeypatch, extra, hint):
     message = str(info.value)
     assert message.startswith('TTS request #1 ("Hello there.…") failed after 3 attempt(s): ')
     assert hint in message and "`voice` parameter" in message and "model selector" in message
+
+
+def test_a_refused_speaker_voice_is_named(monkeypatch):
+    from audio.errors import VoiceRefused
+
+    refused = VoiceRefused(2, "Guest says hi.", "invoke tts model failed: Invalid voice 'bogus'.", 1, "bogus")
+    with pytest.raises(VoiceRefused) as info:
+        run_tool(monkeypatch, params(speakers="Host=alloy; Guest=bogus"), refused)
+    message = str(info.value)
+    assert "refused the voice 'bogus'" in message and "`speakers`" in message and "placeholder" not in message
+
+
+def test_no_audio_at_all_with_the_placeholder_suggests_picking_a_voice(monkeypatch):
+    """MiniMax answers an unknown voice with a JSON error its model plugin drops: zero chunks."""
+    empty = InvalidAudio(0, "the provider returned no audio at all (zero bytes)", sniffed="empty")
+    with pytest.raises(InvalidAudio) as info:
+        run_tool(monkeypatch, params(), empty)
+    assert "placeholder 'default'" in str(info.value) and "Pick a voice" in str(info.value)
+    with pytest.raises(InvalidAudio) as info:
+        run_tool(monkeypatch, params(voice="nova"), InvalidAudio(0, "no audio", sniffed="empty"))
+    assert "Pick a voice" not in str(info.value)
 
 
 def test_other_synthesis_errors_get_no_voice_hint(monkeypatch):

@@ -8,6 +8,7 @@ user sees. Nothing here touches audio bytes.
 
 # No `from __future__ import annotations` here: the SDK's class loader executes this file without registering
 # it in sys.modules, and @dataclass resolves string annotations through sys.modules (AttributeError at startup).
+import hashlib
 import json
 import logging
 import re
@@ -21,9 +22,9 @@ from dify_plugin.config.logger_format import plugin_logger_handler
 from dify_plugin.entities.model.tts import TTSModelConfig
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from audio import options
+from audio import options, subtitles
 from audio.cache import KeyValueCache
-from audio.errors import InvalidInput, PipelineError, SynthesisFailed
+from audio.errors import InvalidAudio, InvalidInput, PipelineError, SynthesisFailed, VoiceRefused
 from audio.model import MODEL_PARAMS, EncodeOptions, Result, SpeakerVoice, Synthesize, Tags
 from audio.pipeline import Job, narrate
 
@@ -39,11 +40,15 @@ for _name in (__name__, "audio"):  # plugin log events reach the daemon's log; s
 PLACEHOLDER_VOICE = "default"
 DEFAULT_FILENAME = "narration"
 MAX_FILENAME_CHARS = 100
+# The largest tool file every Dify version this plugin supports (manifest: minimum_dify_version 1.0.0) accepts:
+# Dify ≤ 1.2 (daemon ≤ 0.0.7) refuses a blob over 15 MiB; 1.3 until PLUGIN_MAX_FILE_SIZE: 30 MiB; newer:
+# PLUGIN_MAX_FILE_SIZE (default 50 MiB). Users on a newer Dify raise `max_output_mb`.
+DEFAULT_MAX_OUTPUT_MB = 15
 # Dify stops a tool call after PLUGIN_MAX_EXECUTION_TIMEOUT (600 s by default); keep time for mastering.
 TIME_BUDGET_S = 540.0
 TIMELINE_TEXT_CHARS = 120
 
-SUBTITLE_MIME = {"vtt": "text/vtt", "srt": "application/x-subrip"}
+SUBTITLE_MIME = subtitles.MIME_TYPES  # chosen for the extension Dify stores the file under (see there)
 _KNOWN_EXTENSIONS = (".mp3", ".m4a", ".mp4", ".aac", ".ogg", ".oga", ".opus", ".flac", ".wav", ".srt", ".vtt")
 _UNSAFE_FILENAME = re.compile(r'[/\\:*?"<>|]')
 
@@ -83,10 +88,14 @@ class TtsPipelineTool(Tool):
             "narrating %d chars with %s (voice from %s): %r",
             len(job.text), ", ".join(m.name for m in call.models.values()), call.voice_source, job.text[:40],
         )
-        cache = KeyValueCache(self.session.storage) if call.use_cache else None
+        # The storage quota is per workspace; the app id stands for it (audio.cache.KeyValueCache, "scope").
+        scope = str(getattr(self.session, "app_id", None) or "")
+        cache = KeyValueCache(self.session.storage, scope=scope) if call.use_cache else None
         engines = {index: self._synthesizer(m.provider, m.model) for index, m in call.models.items()}
         try:
             result = narrate(job, engines, cache=cache)
+            if cache is not None:
+                result.stats.warnings.extend(cache.notes)
         except PipelineError as err:
             logger.warning("failed: %s", err)
             err.args = (user_message(err, call),)
@@ -110,7 +119,7 @@ class TtsPipelineTool(Tool):
             )
         stats = stats_json(result, call.models)
         yield self.create_json_message(stats)
-        for name, value in stats.items():  # the output_schema's variables, for workflows
+        for name, value in variables(stats):  # the output_schema's variables, for workflows
             yield self.create_variable_message(name, value)
         yield self.create_text_message(summary_text(result, call.filename + result.extension))
         logger.info("done: %.1f s of audio, %d bytes", result.duration_s, result.size_bytes)
@@ -149,7 +158,9 @@ def parse_parameters(params: Mapping[str, Any]) -> Invocation:
         bitrate_kbps=options.bitrate(params.get("bitrate")),
         sample_rate=options.sample_rate(params.get("sample_rate")),
         channels=options.channels(params.get("channels")),
-        max_bytes=int(options.number("max_output_mb", params.get("max_output_mb"), 30, integer=False) * 2**20),
+        max_bytes=int(
+            options.number("max_output_mb", params.get("max_output_mb"), DEFAULT_MAX_OUTPUT_MB, integer=False) * 2**20
+        ),
     )
     job = Job(
         text=text,
@@ -276,6 +287,7 @@ def stats_json(result: Result, models: Mapping[int, SelectedModel] | None = None
         "channels": result.channels,
         "bitrate_kbps": result.bitrate_kbps,
         "size_bytes": result.size_bytes,
+        "sha256": file_sha256(result),
         "loudness_lufs": _round(result.loudness_lufs, 2),
         "true_peak_dbtp": _round(result.true_peak_dbtp, 2),
         "target": result.target.name,
@@ -301,6 +313,29 @@ def stats_json(result: Result, models: Mapping[int, SelectedModel] | None = None
     }
 
 
+def variables(stats: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The stats as (name, value) variable messages, leaving out those without a value.
+
+    Dify before langgenius/dify PR #30082 (2025-12-24) refuses a variable message whose value is None ("Only
+    basic types and lists are allowed") and the tool call fails after the file was made; a variable that is
+    not set reads as empty in a workflow. The JSON message keeps every field (null where there is no value).
+    Only the top-level value is checked by Dify, so None inside a list (a timeline speaker) is fine.
+    """
+    return [(name, value) for name, value in stats.items() if value is not None]
+
+
+def file_sha256(result: Result) -> str:
+    """Hex SHA-256 of the audio file as sent, so a workflow can detect a file that arrived cut short (daemons
+    0.0.8–0.1.2, Dify 1.3.0–1.5.x, drop blob chunks when their queue is full)."""
+    if result.path is not None and not result.data:
+        digest = hashlib.sha256()
+        with open(result.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    return hashlib.sha256(result.data).hexdigest()
+
+
 def summary_text(result: Result, filename: str) -> str:
     """E.g. "Narrated 2:31 of audio from 12 requests (3 reused from cache) → narration.mp3, −16.0 LUFS"."""
     s = result.stats
@@ -322,8 +357,18 @@ def summary_text(result: Result, filename: str) -> str:
 def user_message(err: PipelineError, call: Invocation) -> str:
     """The error text a Dify user reads, with what to do about voices when the provider refused one."""
     message = str(err)
-    if isinstance(err, SynthesisFailed) and "voice" in err.provider_message.lower():
+    voice_error = isinstance(err, VoiceRefused) or (
+        isinstance(err, SynthesisFailed) and "voice" in err.provider_message.lower()
+    )
+    other = None
+    if isinstance(err, SynthesisFailed):  # a request of model_2/model_3: its voice came from there
         other = next((p for i, p in MODEL_PARAMS.items() if i != 1 and err.model.startswith(p + " ")), None)
+    if isinstance(err, VoiceRefused) and err.voice is not None:  # the request's own voice, e.g. from `speakers`
+        message += (
+            f"\nThe TTS provider refused the voice {err.voice!r}. Use a voice this model offers (see the model"
+            " selector's settings) in `voice`, `speakers` or the model selector."
+        )
+    elif voice_error:
         if other:
             message += (
                 f"\nThe voice came from `speakers` or from {other}'s settings. Pick a voice this model offers there,"
@@ -339,6 +384,13 @@ def user_message(err: PipelineError, call: Invocation) -> str:
                 f"\nThe voice came from the {call.voice_source}. Pick a voice this model offers in the model"
                 " selector's settings, or set the `voice` parameter (or fix `speakers`)."
             )
+    elif isinstance(err, InvalidAudio) and err.sniffed == "empty" and call.voice_source == "placeholder":
+        # MiniMax answers an unknown voice with HTTP 200 and a JSON error its model plugin drops: zero chunks
+        message += (
+            f"\nNo voice was chosen, so the placeholder {PLACEHOLDER_VOICE!r} was sent; some providers (e.g."
+            " MiniMax) answer a voice they do not know with no audio. Pick a voice in the model selector's"
+            " settings, or set the `voice` parameter."
+        )
     return message
 
 
