@@ -128,3 +128,25 @@ def test_no_audio_for_an_unproven_voice_costs_one_request_not_the_whole_first_wa
     with pytest.raises(InvalidAudio):
         synth.run(requests(12, None), silent, concurrency=4, attempts=3, backoff_s=0, namespace="p/m")
     assert len(calls) == 3  # one request, three attempts (the first wave alone would have been 4 × 3)
+
+
+def test_a_voice_proven_on_one_model_is_probed_again_on_another():
+    """Model 1 speaks "nova"; model 2 refuses it. The refusal must cost model 2 one call, even though "nova"
+    is already proven for model 1 in this process."""
+    speaking = RefusingProvider()
+    refusing_calls: list[str] = []
+
+    def refusing(text: str, voice: str | None):
+        refusing_calls.append(text)
+        raise Exception(f"Invalid voice '{voice}'.")
+
+    job = requests(6, "nova")
+    synth.run(job, speaking, concurrency=4, backoff_s=0, models={1: "p/one"})  # proves nova on model 1
+    mixed = [Request(index=r.index, text=r.text, voice="nova", model=1 + r.index % 2) for r in job]
+    with pytest.raises(VoiceRefused) as info:
+        synth.run(
+            mixed, {1: speaking, 2: refusing}, concurrency=4, attempts=3, backoff_s=0,
+            models={1: "p/one", 2: "p/two"},
+        )
+    assert len(refusing_calls) == 1
+    assert info.value.model.startswith("model_2") and info.value.voice == "nova"
