@@ -1,0 +1,236 @@
+"""The finished episode (audio.production), measured on the decoded output of real narrations (eSpeak).
+
+- a 70 Hz bed (no overlap with eSpeak's speech) sits at `music_level` ± 2 dB relative to the speech while it
+  speaks, ≥ 8 dB higher in a 3-second pause, and the speech still meets the loudness target;
+- the bed's loop seam is continuous (no click, no swell), unlike a plain repetition;
+- intro + narration + outro: duration, intro/outro loudness matched, every cue still on the speech it names;
+- a bad local file fails naming its parameter before any TTS call.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.signal import butter, sosfilt
+
+from audio import ffmpeg, production
+from audio.cache import DiskCache
+from audio.engine import EspeakEngine
+from audio.errors import InvalidInput
+from audio.loudness import LoudnessMeter
+from audio.model import EncodeOptions
+from audio.pipeline import Job, narrate
+
+BED_HZ = 70.0
+CHORD = "0.3*sin(2*PI*%d*t)+0.2*sin(2*PI*%d*t)"
+TEXT = (
+    "Welcome to the show. This is the first part of our story, told slowly. "
+    "[pause 3s] "
+    "And here we continue after a long pause. That is all for today, thank you for listening."
+)
+
+
+def _lavfi(path: Path, expr: str, seconds: float, *codec: str) -> Path:
+    ffmpeg.run(["-f", "lavfi", "-i", f"aevalsrc={expr}:s=44100:d={seconds}", *codec, ffmpeg.file_url(path)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("media")
+    return {
+        # 4.33 s of 70 Hz is 303.1 periods: a plain repetition would jump at every seam
+        "music": _lavfi(d / "bed.flac", f"0.3*sin(2*PI*{BED_HZ:g}*t)", 4.33, "-f", "flac"),
+        "intro": _lavfi(d / "intro.mp3", CHORD % (440, 554), 2.5, "-c:a", "libmp3lame", "-f", "mp3"),
+        "outro": _lavfi(d / "outro.m4a", CHORD % (330, 415), 2.0, "-c:a", "aac", "-f", "mp4"),
+    }
+
+
+class Counting:
+    """The embedded engine, counting calls."""
+
+    def __init__(self) -> None:
+        self.engine = EspeakEngine()
+        self.calls = 0
+        self.cache_namespace = self.engine.cache_namespace
+
+    def __call__(self, text: str, voice: str | None):
+        self.calls += 1
+        return self.engine(text, voice)
+
+
+def wav_pcm(data: bytes) -> tuple[np.ndarray, int]:
+    with wave.open(io.BytesIO(data)) as w:
+        assert w.getnchannels() == 1 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16) / 32768.0, w.getframerate()
+
+
+def loudness(x: np.ndarray, rate: int) -> float:
+    meter = LoudnessMeter(rate, 1)
+    meter.add(x)
+    value = meter.integrated()
+    assert value is not None
+    return value
+
+
+def tone_level(x: np.ndarray, rate: int, hz: float = BED_HZ) -> float:
+    """Amplitude of the `hz` component (Hann-windowed projection: speech leaks in by < 1 %)."""
+    t = np.arange(len(x)) / rate
+    w = np.hanning(len(x))
+    return float(2 * abs(np.sum(w * x * np.exp(-2j * np.pi * hz * t))) / np.sum(w))
+
+
+def tone_lufs(amplitude: float, rate: int) -> float:
+    """The loudness of a `BED_HZ` sine of this amplitude (K-weighting at 70 Hz calibrated with the meter)."""
+    t = np.arange(2 * rate) / rate
+    return loudness(np.sin(2 * np.pi * BED_HZ * t), rate) + 20 * np.log10(amplitude)
+
+
+def without_bed(x: np.ndarray, rate: int) -> np.ndarray:
+    """The speech alone: an 8th-order 150 Hz high-pass takes the 70 Hz bed down by > 45 dB."""
+    return sosfilt(butter(8, 150, btype="highpass", fs=rate, output="sos"), x)
+
+
+def test_bed_is_ducked_under_speech_and_up_in_pauses(files):
+    tts = Counting()
+    level = -20.0
+    job = Job(text=TEXT, encode=EncodeOptions(fmt="wav"), music=files["music"], music_level=level, subtitles="vtt")
+    result = narrate(job, tts)
+    x, rate = wav_pcm(result.data)
+    first, last = result.timeline[0], result.timeline[-1]
+    assert first.start == pytest.approx(production.BED_LEAD_S, abs=0.01)
+
+    speech = loudness(without_bed(x, rate)[int(first.start * rate) : int(last.end * rate)], rate)
+    assert abs(speech - job.loudness.integrated) <= 1.0, speech  # the target applies to the speech
+    assert result.stats.speech_loudness_lufs == pytest.approx(speech, abs=1.0)
+    assert abs(result.loudness_lufs - job.loudness.integrated) <= 1.0  # and the file still meets it
+    assert result.true_peak_dbtp <= job.loudness.true_peak
+
+    under = []
+    for e in result.timeline:  # the middle of every sentence: the bed is fully down
+        seg = x[int((e.start + 0.1) * rate) : int((e.end - 0.1) * rate)]
+        under.append(tone_lufs(tone_level(seg, rate), rate) - speech)
+    assert all(abs(u - level) <= 2.0 for u in under), under
+    assert result.stats.music_level_lu == pytest.approx(level, abs=0.5)
+
+    gap = result.timeline[2].start - result.timeline[1].end
+    assert gap >= 3.0
+    mid = (result.timeline[1].end + result.timeline[2].start) / 2
+    pause = tone_lufs(tone_level(x[int((mid - 0.5) * rate) : int((mid + 0.5) * rate)], rate), rate) - speech
+    assert pause >= max(under) + 8.0, (pause, under)
+    assert pause <= -3.0  # never above the speech
+    # look-ahead: the bed is already down 20 ms before the first syllable of the part after the pause
+    lead = x[int((result.timeline[2].start - 0.12) * rate) : int((result.timeline[2].start - 0.02) * rate)]
+    assert tone_lufs(tone_level(lead, rate), rate) - speech <= level + 3.0
+    # fades: the bed starts and ends in silence
+    assert np.max(np.abs(x[:50])) < 1e-3 and np.max(np.abs(x[-50:])) < 1e-3
+    print(f"\nbed under speech {np.round(under, 2)} LU (target {level}), in the 3 s pause {pause:.1f} LU, "
+          f"speech {speech:.2f} LUFS, file {result.loudness_lufs:.2f} LUFS, tp {result.true_peak_dbtp:.2f} dBTP")
+
+
+def test_loop_seam_is_continuous(files, tmp_path):
+    rate = 24000
+    warnings: list[str] = []
+    bed = production._Bed.load(files["music"], tmp_path, rate, 1, 20 * rate, warnings)
+    assert bed.loops and not warnings
+    k = np.arange(0, 3 * bed.period + rate, dtype=np.int64)
+    y = bed.samples(k)[:, 0].astype(np.float64)
+    seams = [bed.period * m for m in (1, 2, 3)]
+    delta = np.abs(np.diff(y))
+    near = np.zeros(len(delta), dtype=bool)
+    for s in seams:
+        near[s - 5 : s + 5] = True
+    assert delta[near].max() <= delta[~near].max() * 1.01  # no click where the loop restarts
+    # no swell or dip through the crossfade: 20 ms RMS stays within ±0.5 dB of the steady level
+    win = rate // 50
+    rms = np.sqrt(np.convolve(y * y, np.ones(win) / win, mode="valid"))[win:-win]
+    steady = np.sqrt(np.mean(y[: bed.period] ** 2))
+    assert np.all(np.abs(20 * np.log10(rms / steady)) < 0.5)
+    # the control: repeating the file as it is clicks at the seam
+    naive = np.tile(np.asarray(bed.pcm[:, 0], dtype=np.float64), 2)
+    jump = abs(naive[len(bed.pcm)] - naive[len(bed.pcm) - 1])
+    assert jump > 5 * delta[~near].max()
+
+
+def test_loop_crossfade_keeps_power_for_unrelated_material():
+    rng = np.random.default_rng(1)
+    n = 48000
+    tail, head = rng.standard_normal((n, 1)), rng.standard_normal((n, 1))
+    y = production.loop_crossfade(tail, head)[:, 0]
+    mid = y[n // 2 - 2000 : n // 2 + 2000]
+    assert 20 * np.log10(np.sqrt(np.mean(mid**2))) == pytest.approx(0.0, abs=0.5)  # equal power, no dip
+
+
+def test_intro_and_outro_shift_the_timeline_and_match_loudness(files, tmp_path):
+    text = "# The opening of our little show\n\nWelcome to the show.\n\n# News\n\nHere is the news of the day. Goodbye."
+    cache = DiskCache(tmp_path / "cache")
+    tts = Counting()
+    base = narrate(Job(text=text, encode=EncodeOptions(fmt="wav"), subtitles="vtt"), tts, cache=cache)
+    job = Job(
+        text=text, encode=EncodeOptions(fmt="wav"), subtitles="vtt", intro=files["intro"], outro=files["outro"]
+    )
+    result = narrate(job, tts, cache=cache)
+    x, rate = wav_pcm(result.data)
+    b, _ = wav_pcm(base.data)
+    intro_s, outro_s = result.stats.intro_s, result.stats.outro_s
+    assert intro_s == pytest.approx(2.5, abs=0.06) and outro_s == pytest.approx(2.0, abs=0.06)
+    shift = intro_s - job.intro_overlap_ms / 1000
+    expected = shift + base.duration_s + production.OUTRO_PAUSE_S + outro_s
+    assert result.duration_s == pytest.approx(expected, abs=0.02)
+
+    # every cue and chapter moved by exactly the intro (minus its overlap), and lands on the same speech
+    cues = re.findall(r"(\d\d):(\d\d):(\d\d)\.(\d{3}) --> (\d\d):(\d\d):(\d\d)\.(\d{3})", result.subtitles)
+    base_cues = re.findall(r"(\d\d):(\d\d):(\d\d)\.(\d{3}) --> (\d\d):(\d\d):(\d\d)\.(\d{3})", base.subtitles)
+    assert len(cues) == len(base_cues) == len(result.timeline) == 5
+
+    def secs(h, m, s, ms):
+        return int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000
+
+    for cue, old, e in zip(cues, base_cues, result.timeline, strict=True):
+        start, end = secs(*cue[:4]), secs(*cue[4:])
+        assert start == pytest.approx(secs(*old[:4]) + shift, abs=0.002)
+        assert end == pytest.approx(secs(*old[4:]) + shift, abs=0.002)
+        skip = 0.05 + max(0.0, intro_s - start)  # past the intro's tail, which overlaps the first words
+        new_seg = x[int((start + skip) * rate) : int((end - 0.05) * rate)]
+        assert len(new_seg) > 0.2 * rate
+        old_seg = b[int((secs(*old[:4]) + skip) * rate) :][: len(new_seg)]
+        corr = np.dot(new_seg, old_seg) / np.sqrt(np.dot(new_seg, new_seg) * np.dot(old_seg, old_seg))
+        assert corr > 0.99, (e.text, corr)  # the same speech, where the cue says
+    assert [c.title for c in result.chapters] == ["The opening of our little show", "News"]
+    assert result.chapters[0].start == 0.0
+    assert result.chapters[1].start == pytest.approx(base.chapters[1].start + shift, abs=0.002)
+
+    speech = loudness(x[int(result.timeline[0].start * rate) : int(result.timeline[-1].end * rate)], rate)
+    intro = loudness(x[: int((shift - 0.01) * rate)], rate)
+    outro_at = result.timeline[-1].end + production.OUTRO_PAUSE_S
+    outro = loudness(x[int((outro_at + 0.05) * rate) :], rate)
+    assert abs(intro - speech) <= 1.5 and abs(outro - speech) <= 1.5, (intro, outro, speech)
+    assert abs(result.loudness_lufs - job.loudness.integrated) <= 1.0
+    print(f"\nspeech {speech:.2f} LUFS, intro {intro:.2f}, outro {outro:.2f}; duration {result.duration_s:.3f} s "
+          f"(expected {expected:.3f})")
+
+
+@pytest.mark.parametrize("param", ["intro", "outro", "music"])
+def test_a_file_that_is_not_audio_fails_before_any_tts_call(files, tmp_path, param):
+    bad = tmp_path / "notes.mp3"
+    bad.write_text("These are my show notes, not audio at all. " * 20)
+    tts = Counting()
+    with pytest.raises(InvalidInput) as err:
+        narrate(Job(text=TEXT, **{param: bad}), tts)
+    assert err.value.param == param and "not an audio file" in str(err.value)
+    assert tts.calls == 0
+
+
+def test_a_corrupt_audio_file_fails_before_any_tts_call(tmp_path):
+    bad = tmp_path / "broken.flac"
+    bad.write_bytes(b"fLaC" + bytes(range(256)) * 8)
+    tts = Counting()
+    with pytest.raises(InvalidInput) as err:
+        narrate(Job(text=TEXT, music=bad), tts)
+    assert err.value.param == "music" and "could not be decoded" in str(err.value)
+    assert tts.calls == 0
