@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInput
@@ -26,6 +27,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "max_chars_per_request": (50, 4_000),
     "concurrency": (1, 16),
     "max_output_mb": (1, 200),
+    "music_level": (-40, -6),  # LU relative to the speech, while someone speaks
+    "intro_overlap_ms": (0, 5_000),
 }
 
 
@@ -177,3 +180,15 @@ def speakers(value: Any) -> dict[str, str]:
             raise InvalidInput("speakers", f"name or voice too long in {name!r}")
         result[key] = val
     return result
+
+
+def local_file(param: str, value: Any) -> Path | None:
+    """A path to an existing, non-empty file (intro/outro/music in the CLI); blank means none."""
+    if _blank(value):
+        return None
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        raise InvalidInput(param, f"{str(value)!r} is not a file")
+    if path.stat().st_size == 0:
+        raise InvalidInput(param, f"{str(value)!r} is empty")
+    return path

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The two commands of README.md live here so that Makefile, README and .ci/run say the same thing.
-#   scripts/dev.sh demo   -> venv + runtime and local-runner deps, narrate examples/podcast.md to podcast.mp3
+#   scripts/dev.sh demo   -> venv + runtime and local-runner deps, narrate examples/podcast.md to podcast.mp3 over a generated music bed
 #   scripts/dev.sh test   -> venv + dev deps, ruff, whole test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,11 @@ case "${1:-}" in
   demo)
     ensure_venv requirements-local.txt
     shift
-    "$VENV/bin/python" -m audio narrate examples/podcast.md -o podcast.mp3 "$@"
+    # a music bed made at run time from ffmpeg sine sources (royalty-free, nothing downloaded)
+    pad=$(mktemp --suffix=.flac)
+    trap 'rm -f "$pad"' EXIT
+    "$VENV/bin/python" scripts/make_pad.py "$pad"
+    "$VENV/bin/python" -m audio narrate examples/podcast.md -o podcast.mp3 --music "$pad" "$@"
     ;;
   test)
     ensure_venv requirements-dev.txt

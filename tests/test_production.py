@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import wave
 from pathlib import Path
@@ -234,3 +235,32 @@ def test_a_corrupt_audio_file_fails_before_any_tts_call(tmp_path):
         narrate(Job(text=TEXT, music=bad), tts)
     assert err.value.param == "music" and "could not be decoded" in str(err.value)
     assert tts.calls == 0
+
+
+def test_cli_makes_an_episode_with_the_demo_pad(files, tmp_path):
+    from scripts.make_pad import make_pad
+    from tests.test_cli import run_cli
+
+    pad = make_pad(tmp_path / "pad.flac", seconds=8.0)
+    out = tmp_path / "episode.mp3"
+    proc = run_cli("narrate", "-", "-o", out, "--quiet", "--no-cache", "--stats", "--intro", files["intro"],
+                   "--outro", files["outro"], "--music", pad, "--music-level", "-24",
+                   stdin=b"Hello there. [pause 2s] This is a short episode with music under it.")
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)
+    assert stats["music_level_lu"] == pytest.approx(-24.0, abs=1.0)
+    assert stats["intro_s"] == pytest.approx(2.5, abs=0.06) and stats["outro_s"] == pytest.approx(2.0, abs=0.06)
+    assert stats["timeline"][0]["start"] == pytest.approx(2.0 + production.BED_LEAD_S, abs=0.01)
+    assert abs(stats["loudness_lufs"] - (-16.0)) <= 1.0
+
+
+@pytest.mark.parametrize(("flags", "param"), [
+    (["--music", "/nonexistent.mp3"], "--music"),
+    (["--music-level", "-3"], "--music-level"),
+    (["--intro-overlap-ms", "9000"], "--intro-overlap-ms"),
+])  # fmt: skip
+def test_cli_rejects_bad_production_options(flags, param):
+    from tests.test_cli import run_cli
+
+    proc = run_cli("narrate", "-", "-o", "-", "--quiet", "--no-cache", *flags, stdin=b"Hello.")
+    assert proc.returncode != 0 and param in proc.stderr, proc.stderr
