@@ -11,9 +11,11 @@ user sees. Nothing here touches audio bytes.
 import json
 import logging
 import re
+import tempfile
 import unicodedata
 from collections.abc import Generator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from dify_plugin import Tool
@@ -21,7 +23,7 @@ from dify_plugin.config.logger_format import plugin_logger_handler
 from dify_plugin.entities.model.tts import TTSModelConfig
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from audio import options
+from audio import fetch, options
 from audio.cache import KeyValueCache
 from audio.errors import InvalidInput, PipelineError, SynthesisFailed
 from audio.model import EncodeOptions, Result, Synthesize, Tags
@@ -58,6 +60,12 @@ class Invocation:
     voice_source: str  # "voice parameter" | "model selector" | "placeholder"
     filename: str  # without extension
     use_cache: bool
+    files: dict[str, fetch.RemoteFile] = field(default_factory=dict)  # intro/outro/music, downloaded in _invoke
+
+    def downloaded(self, workdir: Path) -> Job:
+        """The job with every file parameter downloaded into `workdir` (raises InvalidInput naming it)."""
+        paths = {name: fetch.download(name, f, workdir / f"{name}.bin") for name, f in self.files.items()}
+        return replace(self.job, **paths)
 
 
 class TtsPipelineTool(Tool):
@@ -70,7 +78,10 @@ class TtsPipelineTool(Tool):
         )
         cache = KeyValueCache(self.session.storage) if call.use_cache else None
         try:
-            result = narrate(job, self._synthesizer(call.provider, call.model), cache=cache)
+            with tempfile.TemporaryDirectory(prefix="ttsp-files-") as files_dir:
+                # files first: a bad intro/outro/music fails here, before any TTS call (narrate checks them too)
+                job = call.downloaded(Path(files_dir)) if call.files else job
+                result = narrate(job, self._synthesizer(call.provider, call.model), cache=cache)
         except PipelineError as err:
             logger.warning("failed: %s", err)
             err.args = (user_message(err, call),)
@@ -95,7 +106,8 @@ class TtsPipelineTool(Tool):
         stats = stats_json(result)
         yield self.create_json_message(stats)
         for name, value in stats.items():  # the output_schema's variables, for workflows
-            yield self.create_variable_message(name, value)
+            if value is not None:  # Dify before PR #30082 refuses a variable message whose value is None
+                yield self.create_variable_message(name, value)
         yield self.create_text_message(summary_text(result, call.filename + result.extension))
         logger.info("done: %.1f s of audio, %d bytes", result.duration_s, result.size_bytes)
 
@@ -145,7 +157,15 @@ def parse_parameters(params: Mapping[str, Any]) -> Invocation:
         chapters=None if options.boolean("chapters", params.get("chapters"), True) else False,
         cache_namespace=f"{provider}/{model}",
         time_budget_s=TIME_BUDGET_S,
+        music_level=options.number("music_level", params.get("music_level"), -20.0, integer=False),
+        intro_overlap_ms=int(options.number("intro_overlap_ms", params.get("intro_overlap_ms"), 500)),
     )
+    files = {}
+    for name in ("intro", "outro", "music"):
+        remote = remote_file(name, params.get(name))
+        if remote is not None:
+            fetch.check_declared(name, remote)  # type, size and URL form, before anything is downloaded
+            files[name] = remote
     return Invocation(
         job=job,
         provider=provider,
@@ -153,6 +173,28 @@ def parse_parameters(params: Mapping[str, Any]) -> Invocation:
         voice_source=voice_source,
         filename=sanitize_filename(params.get("filename")),
         use_cache=bool(options.boolean("cache", params.get("cache"), True)),
+        files=files,
+    )
+
+
+def remote_file(param: str, value: Any) -> fetch.RemoteFile | None:
+    """The SDK's File (or its dict form, or a one-element list of either) as a plain RemoteFile; None if unset."""
+    if isinstance(value, list | tuple):
+        if len(value) > 1:
+            raise InvalidInput(param, f"give one file, not {len(value)}")
+        value = value[0] if value else None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    get = value.get if isinstance(value, Mapping) else lambda key: getattr(value, key, None)
+    url = get("url")
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidInput(param, "is not a file (no URL); pass a file variable from the workflow")
+    size = get("size")
+    return fetch.RemoteFile(
+        url=url.strip(),
+        filename=get("filename"),
+        mime_type=get("mime_type"),
+        size=int(size) if isinstance(size, int | float) and size >= 0 else None,
     )
 
 
@@ -244,6 +286,10 @@ def stats_json(result: Result) -> dict[str, Any]:
         ],
         "chapters": [{"title": c.title, "start": round(c.start, 3), "end": round(c.end, 3)} for c in result.chapters],
         "warnings": list(result.stats.warnings),
+        "intro_s": result.stats.intro_s,
+        "outro_s": result.stats.outro_s,
+        "music_level_lu": result.stats.music_level_lu,
+        "speech_loudness_lufs": result.stats.speech_loudness_lufs,
     }
 
 
