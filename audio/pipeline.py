@@ -254,7 +254,8 @@ def _produce(
     job: Job, speech: assemble.Programme, tmp: Path, stats: Stats
 ) -> tuple[assemble.Programme, LoudnessTarget, float]:
     """Mix intro, speech, music bed and outro; return the mixed programme, the loudness target master must
-    aim the MIX at so the SPEECH lands on the job's target, and the mix − speech loudness offset applied.
+    aim the MIX at so the SPEECH lands on the job's target, and the measured mix − speech loudness difference
+    (which a uniform gain keeps: the speech's loudness in the file is the file's minus it).
 
     Master normalizes what it is given. Given the mix, it would pull the speech down by whatever the bed adds;
     so the target is moved by the measured (mix − speech) offset, capped at ±MAX_MIX_OFFSET_LU so the file
@@ -275,9 +276,8 @@ def _produce(
     stats.intro_s = None if made.intro_s is None else round(made.intro_s, 3)
     stats.outro_s = None if made.outro_s is None else round(made.outro_s, 3)
     stats.music_level_lu = made.music_level_lu
-    offset = 0.0
-    if made.mix_lufs is not None:
-        offset = max(-MAX_MIX_OFFSET_LU, min(MAX_MIX_OFFSET_LU, made.mix_lufs - made.speech_lufs))
+    delta = 0.0 if made.mix_lufs is None else made.mix_lufs - made.speech_lufs
+    offset = max(-MAX_MIX_OFFSET_LU, min(MAX_MIX_OFFSET_LU, delta))
     target = job.loudness
     if target.integrated is not None and offset:
         target = replace(target, integrated=target.integrated + offset)
@@ -289,7 +289,7 @@ def _produce(
         integrated_lufs=made.mix_lufs,
         rms_db=made.mix_rms_db,
     )
-    return mixed, target, offset
+    return mixed, target, delta
 
 
 def deliver(src: Path, dest: Path) -> None:

@@ -441,6 +441,7 @@ def _trim(pcm: np.ndarray, rate: int) -> tuple[int, int]:
     n, step = len(pcm), rate
     first = None
     for s in range(0, n, step):
+        cooperate()
         loud = np.flatnonzero(np.abs(pcm[s : s + step]).max(axis=1) > threshold)
         if loud.size:
             first = s + int(loud[0])
@@ -449,6 +450,7 @@ def _trim(pcm: np.ndarray, rate: int) -> tuple[int, int]:
         return 0, 0
     for e in range(n, first, -step):
         s = max(first, e - step)
+        cooperate()
         loud = np.flatnonzero(np.abs(pcm[s:e]).max(axis=1) > threshold)
         if loud.size:
             return first, s + int(loud[-1]) + 1
