@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from scipy.signal import butter, sosfilt
 
-from audio import ffmpeg, production
+from audio import ffmpeg, media, production
 from audio.cache import DiskCache
 from audio.engine import EspeakEngine
 from audio.errors import InvalidInput
@@ -264,3 +264,20 @@ def test_cli_rejects_bad_production_options(flags, param):
 
     proc = run_cli("narrate", "-", "-o", "-", "--quiet", "--no-cache", *flags, stdin=b"Hello.")
     assert proc.returncode != 0 and param in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("name", "codec", "demuxer"), [
+    ("a.wav", ["-c:a", "pcm_s16le", "-f", "wav"], "wav"),
+    ("a.opus", ["-c:a", "libopus", "-f", "ogg"], "ogg"),
+    ("a.ogg", ["-c:a", "libvorbis", "-f", "ogg"], "ogg"),
+    ("a.flac", ["-f", "flac"], "flac"),
+    ("a.m4a", ["-c:a", "aac", "-f", "mp4"], "mov"),
+    ("a.aac", ["-c:a", "aac", "-f", "adts"], "aac"),
+    ("a.mp3", ["-c:a", "libmp3lame", "-f", "mp3"], "mp3"),
+    ("misnamed.mp3", ["-f", "flac"], "flac"),  # the content decides, not the name
+])  # fmt: skip
+def test_accepted_formats_are_sniffed_and_decoded(tmp_path, name, codec, demuxer):
+    path = _lavfi(tmp_path / name, "0.3*sin(2*PI*220*t)", 1.0, *codec)
+    assert media.check("music", path) == demuxer
+    frames, warnings = media.decode("music", path, tmp_path / "out.f32", 24000, 2, max_seconds=10)
+    assert abs(frames - 24000) < 2048 and not warnings
