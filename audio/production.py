@@ -162,6 +162,7 @@ def produce(
     outro_gain = np.float32(10 ** (outro_gain_db / 20))
     intro_tail = _fade(overlap or round(EDGE_FADE_S * rate), out=True) if n_intro else None
     outro_head = _fade(round(EDGE_FADE_S * rate), out=False) if n_outro else None
+    outro_tail = _fade(round(EDGE_FADE_S * rate), out=True) if n_outro else None
     speech_pcm = _memmap(speech.path, ch)
     mix_meter = LoudnessMeter(rate, ch)
     block = max(1, round(BLOCK_S * rate))
@@ -184,6 +185,7 @@ def produce(
                 if a < b:
                     piece = outro_pcm[a - outro0 : b - outro0] * outro_gain
                     k = a - outro0
+                    _apply_tail(piece, k, n_outro, outro_tail)
                     if outro_head is not None and k < len(outro_head):
                         m = min(len(piece), len(outro_head) - k)
                         piece[:m] *= outro_head[k : k + m, None]

@@ -150,3 +150,9 @@ def test_music_level_and_overlap_are_validated():
     for name, value in (("music_level", -3), ("music_level", "loud"), ("intro_overlap_ms", 6000)):
         err, _, _ = invoke(params(**{name: value}))
         assert isinstance(err, InvalidInput) and err.param == name, err
+
+
+@pytest.mark.parametrize("unset", [None, "", {}, []])
+def test_an_unset_file_parameter_is_no_file(unset):
+    assert tool_module.remote_file("music", unset) is None
+    assert tool_module.parse_parameters(params(music=unset, intro=unset)).files == {}

@@ -183,7 +183,7 @@ def remote_file(param: str, value: Any) -> fetch.RemoteFile | None:
         if len(value) > 1:
             raise InvalidInput(param, f"give one file, not {len(value)}")
         value = value[0] if value else None
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if not value or (isinstance(value, str) and not value.strip()):  # None, "", {} or []: not set
         return None
     get = value.get if isinstance(value, Mapping) else lambda key: getattr(value, key, None)
     url = get("url")
@@ -303,6 +303,8 @@ def summary_text(result: Result, filename: str) -> str:
     if result.loudness_lufs is not None:
         level = f"{result.loudness_lufs:.1f} LUFS".replace("-", "−")
         text += f", {level}" if result.target.integrated is not None else f", {level} (not normalized)"
+    if s.music_level_lu is not None:
+        text += f"; music bed {s.music_level_lu:.0f} LU under the voice".replace("-", "−")
     if s.retries:
         text += f"; {s.retries} request{'s' if s.retries != 1 else ''} retried"
     if s.warnings:
