@@ -85,6 +85,42 @@ class Produced:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where everything goes in the mix, in frames."""
+
+    intro: int  # intro length (0: none); it starts at 0
+    overlap: int  # its last `overlap` frames fade out under what follows
+    speech0: int  # the speech programme starts here…
+    speech1: int  # …and ends here
+    outro0: int  # the outro starts here (speech1 when there is none)
+    outro: int  # outro length (0: none)
+    bed0: int  # the bed fades in from here… (bed0 == bed1: no bed)
+    bed1: int  # …and has faded out here
+    bed_fade_out: int
+    end: int  # total length
+
+
+def layout(rate: int, speech: int, intro: int, outro: int, music: bool, intro_overlap_s: float) -> Layout:
+    """intro → (bed lead-in) → speech → pause → outro; the bed runs from the end of the intro's overlap to
+    BED_TAIL_S after the last words, or with an outro, BED_UNDER_OUTRO_S into it."""
+    overlap = min(round(intro_overlap_s * rate), intro // 2) if intro else 0
+    body = intro - overlap
+    speech0 = body + (round(BED_LEAD_S * rate) if music else 0)
+    speech1 = speech0 + speech
+    outro0 = speech1 + round(OUTRO_PAUSE_S * rate) if outro else speech1
+    end = outro0 + outro
+    bed0 = bed1 = fade_out = 0
+    if music:
+        bed0 = body
+        if outro:
+            bed1, fade_out = outro0 + round(BED_UNDER_OUTRO_S * rate), round(2.0 * rate)
+        else:
+            bed1, fade_out = speech1 + round(BED_TAIL_S * rate), round(BED_FADE_OUT_S * rate)
+        end = max(end, bed1)
+    return Layout(intro, overlap, speech0, speech1, outro0, outro, bed0, bed1, fade_out, end)
+
+
 def open_level(music_level_lu: float) -> float:
     """The bed's level in long pauses, relative to the speech."""
     return min(music_level_lu + OPEN_ABOVE_DUCK_DB, OPEN_MAX_LU)
@@ -130,24 +166,13 @@ def produce(
     intro_pcm, intro_gain_db = jingle("intro", intro)
     outro_pcm, outro_gain_db = jingle("outro", outro)
 
-    # ---- layout (frames)
-    n_intro = len(intro_pcm) if intro_pcm is not None else 0
-    n_outro = len(outro_pcm) if outro_pcm is not None else 0
-    overlap = min(round(intro_overlap_s * rate), n_intro // 2) if n_intro else 0
-    body = n_intro - overlap
-    lead = round(BED_LEAD_S * rate) if music is not None else 0
-    sp0 = body + lead
-    sp1 = sp0 + speech.frames
-    outro0 = sp1 + round(OUTRO_PAUSE_S * rate) if outro_pcm is not None else sp1
-    end = outro0 + n_outro
-    bed0 = bed1 = fade_out = 0
-    if music is not None:
-        bed0 = body
-        if outro_pcm is not None:
-            bed1, fade_out = outro0 + round(BED_UNDER_OUTRO_S * rate), round(2.0 * rate)
-        else:
-            bed1, fade_out = sp1 + round(BED_TAIL_S * rate), round(BED_FADE_OUT_S * rate)
-        end = max(end, bed1)
+    lay = layout(
+        rate, speech.frames, len(intro_pcm) if intro_pcm is not None else 0,
+        len(outro_pcm) if outro_pcm is not None else 0, music is not None, intro_overlap_s,
+    )
+    n_intro, n_outro, sp0, sp1, outro0, end = lay.intro, lay.outro, lay.speech0, lay.speech1, lay.outro0, lay.end
+    bed0, bed1, fade_out = lay.bed0, lay.bed1, lay.bed_fade_out
+    overlap = lay.overlap
 
     bed = None
     spans = _speech_spans(speech.timeline, sp0, rate)
