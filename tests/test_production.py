@@ -285,10 +285,10 @@ def test_accepted_formats_are_sniffed_and_decoded(tmp_path, name, codec, demuxer
 
 def test_layout_of_an_episode():
     rate = 1000
-    lay = production.layout(rate, speech=5000, intro=2000, outro=1000, music=True, intro_overlap_s=0.5)
+    lay = production.layout(rate, speech=5000, intro=2000, outro=3000, music=True, intro_overlap_s=0.5)
     assert (lay.overlap, lay.bed0) == (500, 1500)  # the bed fades in under the intro's tail
     assert lay.speech0 == 1500 + production.BED_LEAD_S * rate and lay.speech1 == lay.speech0 + 5000
-    assert lay.outro0 == lay.speech1 + production.OUTRO_PAUSE_S * rate and lay.end == lay.outro0 + 1000
+    assert lay.outro0 == lay.speech1 + production.OUTRO_PAUSE_S * rate and lay.end == lay.outro0 + 3000
     assert lay.bed1 == lay.outro0 + production.BED_UNDER_OUTRO_S * rate <= lay.end
     short = production.layout(rate, speech=5000, intro=600, outro=0, music=False, intro_overlap_s=5.0)
     assert short.overlap == 300 and short.speech0 == 300 and short.end == 5300  # overlap ≤ half the intro
