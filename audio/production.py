@@ -30,6 +30,7 @@ block (BLOCK_S) while streaming meters measure it.
 from __future__ import annotations
 
 import math
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,12 +189,11 @@ def produce(
     intro_tail = _fade(overlap or round(EDGE_FADE_S * rate), out=True) if n_intro else None
     outro_head = _fade(round(EDGE_FADE_S * rate), out=False) if n_outro else None
     outro_tail = _fade(round(EDGE_FADE_S * rate), out=True) if n_outro else None
-    speech_pcm = _memmap(speech.path, ch)
     mix_meter = LoudnessMeter(rate, ch)
     block = max(1, round(BLOCK_S * rate))
     starts = np.array([a for a, _ in spans], dtype=np.int64)
     ends = np.array([b for _, b in spans], dtype=np.int64)
-    with open(out_path, "wb") as fh:
+    with open(out_path, "wb") as fh, closing(_Reader(speech.path, ch)) as speech_pcm:
         for n0 in range(0, end, block):
             n1 = min(end, n0 + block)
             out = np.zeros((n1 - n0, ch), dtype=np.float32)
@@ -204,7 +204,7 @@ def produce(
                 out[: b - a] += piece
             a, b = max(n0, sp0), min(n1, sp1)
             if a < b:
-                out[a - n0 : b - n0] += speech_pcm[a - sp0 : b - sp0]
+                out[a - n0 : b - n0] += speech_pcm.read(a - sp0, b - a)
             if outro_pcm is not None:
                 a, b = max(n0, outro0), min(n1, end, outro0 + n_outro)
                 if a < b:
@@ -371,8 +371,8 @@ class MaskedLoudness:
             self._zi[:] = 0.0
             return
         y, self._zi = sosfilt(self._sos, samples, axis=0, zi=self._zi)
-        energy = np.square(y, out=y) @ self._weights
-        self._energy += float(np.dot(energy, mask))
+        energy = np.einsum("ij,j->i", np.square(y, out=y), self._weights)
+        self._energy += float(energy[mask].sum())  # (np.dot with a bool mask takes a slow generic loop)
         self._count += int(np.count_nonzero(mask))
 
     def loudness(self) -> float | None:
@@ -382,6 +382,27 @@ class MaskedLoudness:
 
 
 # ------------------------------------------------------------------------------------------ the bed
+
+
+class _Reader:
+    """Sequential reads of a float32le file (the speech: read once, front to back). Plain reads rather than a
+    memmap, so the pages read do not stay in the process's resident memory (230 MB per 10 min at 48 kHz
+    stereo)."""
+
+    def __init__(self, path: Path, channels: int) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._channels = channels
+        self._pos = 0
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        if start != self._pos:
+            self._fh.seek(start * 4 * self._channels)
+        data = np.fromfile(self._fh, dtype="<f4", count=n * self._channels).reshape(-1, self._channels)
+        self._pos = start + len(data)
+        return data
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def _memmap(path: Path, channels: int) -> np.ndarray:
