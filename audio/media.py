@@ -71,11 +71,14 @@ def _problems(stderr: str) -> str:
     return "; ".join(dict.fromkeys(lines[:3]))
 
 
-def check(param: str, path: Path) -> str:
-    """Sniff and trial-decode the first seconds of the file (before any TTS call). Returns the demuxer."""
+def check(param: str, path: Path, max_seconds: float | None = None) -> str:
+    """Sniff and trial-decode the file (before any TTS call): its first CHECK_SECONDS, or with `max_seconds`
+    all of it up to that length, which it must not exceed (intro/outro; at 8 kHz mono 2 min take ~0.1 s).
+    Returns the demuxer."""
     demuxer = sniff(param, path)
+    seconds = CHECK_SECONDS if max_seconds is None else max_seconds + 0.5
     res = ffmpeg.run(
-        ["-v", "error", *_input(path, demuxer), "-map", "0:a:0", "-t", f"{CHECK_SECONDS:g}",
+        ["-v", "error", *_input(path, demuxer), "-map", "0:a:0", "-t", f"{seconds:g}",
          "-ac", "1", "-ar", str(CHECK_RATE), "-f", "f32le", "pipe:1"],
         what=f"checking {param}", check=False, timeout=60,
     )  # fmt: skip
@@ -85,6 +88,8 @@ def check(param: str, path: Path) -> str:
         raise InvalidInput(
             param, f"could not be decoded as {_KINDS[demuxer]} ({detail}); give a valid {ACCEPTED} file"
         )
+    if max_seconds is not None and samples.size > max_seconds * CHECK_RATE:
+        raise InvalidInput(param, f"is longer than {max_seconds:.0f} s; give a shorter {param}")
     return demuxer
 
 

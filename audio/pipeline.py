@@ -110,7 +110,7 @@ def narrate(
     for param in ("intro", "outro", "music"):  # a bad file fails here, before any TTS call
         path = getattr(job, param)
         if path is not None:
-            media.check(param, Path(path))
+            media.check(param, Path(path), None if param == "music" else production.MAX_JINGLE_S)
     with tempfile.TemporaryDirectory(prefix="ttsp-", dir=workdir) as tmp:
         return _run(job, plan, synthesize, cache, progress, Path(tmp), stats, Path(output) if output else None)
 

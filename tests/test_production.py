@@ -293,3 +293,12 @@ def test_layout_of_an_episode():
     short = production.layout(rate, speech=5000, intro=600, outro=0, music=False, intro_overlap_s=5.0)
     assert short.overlap == 300 and short.speech0 == 300 and short.end == 5300  # overlap ≤ half the intro
     assert short.bed0 == short.bed1 == 0
+
+
+def test_an_intro_over_two_minutes_fails_before_any_tts_call(tmp_path, monkeypatch):
+    monkeypatch.setattr(production, "MAX_JINGLE_S", 3.0)
+    long = _lavfi(tmp_path / "long.ogg", "0.3*sin(2*PI*220*t)", 4.0, "-c:a", "libvorbis", "-f", "ogg")
+    tts = Counting()
+    with pytest.raises(InvalidInput) as err:
+        narrate(Job(text=TEXT, intro=long), tts)
+    assert err.value.param == "intro" and "longer than 3 s" in str(err.value) and tts.calls == 0
