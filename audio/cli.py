@@ -10,7 +10,9 @@ bad input, 1 for other pipeline failures, 130 on Ctrl-C.
 
 Speakers: when the script has speakers and --speakers does not name a voice for some of them, the CLI hands
 them embedded voices in the fixed order of audio.engine.SPEAKER_VOICE_ORDER (first the --voice, if given),
-skipping voices already used, and prints the mapping on stderr.
+skipping voices already used, and prints the mapping on stderr. `--speakers "Host=en-us; Guest=2:en-gb+f3"`
+sends Guest to the second embedded model (audio.engine.embedded_models: a whole WAV per sentence, quieter),
+as `Guest=2:nova` sends a guest to `model_2` in the Dify tool.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from . import options
 from .errors import InvalidInput, PipelineError
+from .model import SpeakerVoice
 
 # Parameter names used in audio.options / the pipeline → what the CLI user typed.
 PARAM_FLAGS = {
@@ -80,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("input", metavar="INPUT", help="text, markdown or speaker script file; - reads stdin")
     n.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (- writes to stdout)")
     n.add_argument("--voice", help="default voice (see `python -m audio voices`); default en-us")
-    n.add_argument("--speakers", help='speaker → voice, e.g. "Host=en-us; Guest=en-gb+f3" or a JSON object')
+    n.add_argument("--speakers", help='speaker → [model:]voice[@speed], e.g. "Host=en-us; Guest=2:en-gb+f3" '
+                                      "(Guest on the second embedded model) or a JSON object")
     n.add_argument("--format", dest="output_format", metavar="FORMAT",
                    help="mp3|m4a|ogg|flac|wav (default: from OUT's extension, else mp3)")
     n.add_argument("--bitrate", help="auto or kbit/s: 24|32|48|64|96|128|160|192|256|320 (default auto)")
@@ -186,21 +190,26 @@ def read_input(source: str) -> str:
 
 
 def assign_speakers(
-    found: Sequence[str], given: dict[str, str], voice: str | None, order: Sequence[str]
-) -> dict[str, str]:
-    """Voices for the script's speakers that `given` does not map: the embedded voices in `order` (starting
-    with `voice` if set), skipping ones already used. Returns only the new entries (lower-cased names)."""
-    if "*" in given:
+    found: Sequence[str], given: Mapping[str, SpeakerVoice], voice: str | None, order: Sequence[str]
+) -> dict[str, SpeakerVoice]:
+    """Voices for the script's speakers that `given` does not map, or maps without a voice (`Guest=2:`): the
+    embedded voices in `order` (starting with `voice` if set), skipping ones already used. Returns only the
+    new or completed entries (lower-cased names); a completed entry keeps its model and speed."""
+    fallback = given.get("*")
+    if fallback is not None and fallback.voice is not None:
         return {}
-    used = set(given.values())
+    used = {entry.voice for entry in given.values() if entry.voice}
     pool = [v for v in ([voice] if voice else []) + [v for v in order if v != voice] if v not in used]
     if not pool:
         pool = list(order)
-    assigned: dict[str, str] = {}
+    assigned: dict[str, SpeakerVoice] = {}
     for name in found:
         key = name.strip().lower()
-        if key and key not in given and key not in assigned:
-            assigned[key] = pool[len(assigned) % len(pool)]
+        entry = given.get(key) or fallback
+        if not key or key in assigned or (entry is not None and entry.voice is not None):
+            continue
+        template = entry or SpeakerVoice()
+        assigned[key] = SpeakerVoice(pool[len(assigned) % len(pool)], template.model, template.speed)
     return assigned
 
 
@@ -218,7 +227,7 @@ DEFAULTS = {"pause_ms": 300, "paragraph_pause_ms": 700, "max_chars_per_request":
 
 
 def cmd_narrate(args: argparse.Namespace) -> int:
-    from .engine import SPEAKER_VOICE_ORDER, EspeakEngine
+    from .engine import SPEAKER_VOICE_ORDER, EspeakEngine, embedded_models
     from .model import EncodeOptions, Tags
 
     err = sys.stderr
@@ -250,13 +259,20 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     music_level = options.number("music_level", args.music_level, -20.0, integer=False)
     intro_overlap_ms = int(options.number("intro_overlap_ms", args.intro_overlap_ms, 500))
 
-    engine = EspeakEngine()
-    voice = engine.resolve_voice(args.voice)  # the default voice by name, so stats and timeline show it
-    for name, v in speakers.items():
+    engines = embedded_models()
+    voice = EspeakEngine.resolve_voice(args.voice)  # the default voice by name, so stats and timeline show it
+    for name, entry in speakers.items():
+        if entry.model not in engines:
+            raise InvalidInput(
+                "speakers",
+                f"{name}: there is no embedded model {entry.model}; the local runner has "
+                + ", ".join(f"{i} ({e.cache_namespace})" for i, e in engines.items()),
+            )
         try:
-            speakers[name] = engine.resolve_voice(v)
+            resolved = EspeakEngine.resolve_voice(entry.voice) if entry.voice is not None else None
         except InvalidInput as exc:
             raise InvalidInput("speakers", f"{name}: {str(exc).removeprefix('voice: ')}") from None
+        speakers[name] = dataclasses.replace(entry, voice=resolved)
 
     if to_stdout and subs != "none":
         raise InvalidInput("output", "--subtitles needs a file name for -o (not -)")
@@ -276,7 +292,7 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     auto = assign_speakers(found, speakers, voice, SPEAKER_VOICE_ORDER)
     if auto and not args.quiet:
         shown = {name: auto.get(name.lower(), speakers.get(name.lower())) for name in found}
-        pairs = "; ".join(f"{name}={v}" for name, v in shown.items() if v)
+        pairs = "; ".join(f"{name}={options.speaker_spec(v)}" for name, v in shown.items() if v)
         print(f"speakers: {pairs}   (choose with --speakers)", file=err)
     speakers = {**speakers, **auto}
 
@@ -295,7 +311,8 @@ def cmd_narrate(args: argparse.Namespace) -> int:
         tags=Tags(title=args.title or None, artist=args.artist or None, album=args.album or None),
         subtitles=subs,
         chapters=args.chapters,
-        cache_namespace=engine.cache_namespace,
+        cache_namespace=engines[1].cache_namespace,
+        models={index: e.cache_namespace for index, e in engines.items()},
         intro=intro,
         outro=outro,
         music=music,
@@ -312,7 +329,7 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     bar = ProgressBar(err) if (err.isatty() and not args.quiet) else None
     started = time.monotonic()
     try:
-        result = narrate(job, engine, cache=cache, progress=bar, output=None if to_stdout else out_path)
+        result = narrate(job, engines, cache=cache, progress=bar, output=None if to_stdout else out_path)
     finally:
         if bar:
             bar.close()
@@ -334,7 +351,8 @@ def cmd_narrate(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=err)
         print(summary("<stdout>" if to_stdout else out_arg, result, elapsed, subs_path), file=err)
     if args.stats:
-        stats = stats_json(result, elapsed, out_arg, subs_path, speakers)
+        specs = {name: options.speaker_spec(entry) for name, entry in speakers.items()}
+        stats = stats_json(result, elapsed, out_arg, subs_path, specs)
         print(json.dumps(stats, indent=2, ensure_ascii=False), file=sys.stderr if to_stdout else sys.stdout)
     return 0
 

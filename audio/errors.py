@@ -26,8 +26,12 @@ class InvalidAudio(PipelineError):
     ~200 printable characters (a provider's JSON/HTML error body is usually the explanation).
     """
 
-    def __init__(self, call_index: int | None, message: str, *, sniffed: str = "", preview: str = "") -> None:
+    def __init__(
+        self, call_index: int | None, message: str, *, sniffed: str = "", preview: str = "", model: str = ""
+    ) -> None:
         where = f"TTS call #{call_index + 1}" if call_index is not None else "audio"
+        if model:
+            where += f" ({model})"
         text = f"{where}: {message}"
         if sniffed:
             text += f" (looks like: {sniffed})"
@@ -35,21 +39,26 @@ class InvalidAudio(PipelineError):
             text += f"; it starts with: {preview!r}"
         super().__init__(text)
         self.call_index = call_index
+        self.message = message
         self.sniffed = sniffed
         self.preview = preview
+        self.model = model  # which model answered, e.g. "model_2 minimax/speech-01" ("" = not known here)
 
 
 class SynthesisFailed(PipelineError):
     """A TTS request still failed after its retries. Names the request and the provider's message."""
 
-    def __init__(self, index: int, text: str, provider_message: str, attempts: int) -> None:
+    def __init__(self, index: int, text: str, provider_message: str, attempts: int, model: str = "") -> None:
         first_words = " ".join(text.split()[:8])
+        which = f"{model}, " if model else ""
         super().__init__(
-            f"TTS request #{index + 1} (\"{first_words}…\") failed after {attempts} attempt(s): {provider_message}"
+            f"TTS request #{index + 1} ({which}\"{first_words}…\") failed after {attempts} attempt(s): "
+            f"{provider_message}"
         )
         self.index = index
         self.provider_message = provider_message
         self.attempts = attempts
+        self.model = model  # e.g. "model_2 minimax/speech-01"
 
 
 class OutputTooLarge(PipelineError):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # synthesize(text, voice) -> the provider's chunks, in order. voice None = the provider's default.
 Synthesize = Callable[[str, str | None], Iterable[bytes]]
+# One Synthesize per TTS model a job may use: model index (1 = `model`, 2 = `model_2`, 3 = `model_3`) → callable.
+# Each model is its own provider (own rate limit, own concurrency bound); a plain Synthesize means {1: it}.
+Synthesizers = Mapping[int, Synthesize]
+# Model index → the tool parameter (model selector) that chooses it.
+MODEL_PARAMS = {1: "model", 2: "model_2", 3: "model_3"}
 
 # Container/codec names used across the project (also ffmpeg demuxer names, except "aac" → "aac" ADTS).
 AUDIO_FORMATS = ("mp3", "wav", "ogg", "flac", "aac")
@@ -34,6 +39,16 @@ class AudioFile:
 
 
 @dataclass(frozen=True)
+class SpeakerVoice:
+    """Where one speaker's lines go: which model (1, 2 or 3), which voice (None = that model's default voice)
+    and at what speech rate (None = the job's). Parsed from `Name=[N:]voice[@speed]` by audio.options."""
+
+    voice: str | None = None
+    model: int = 1
+    speed: float | None = None
+
+
+@dataclass(frozen=True)
 class Request:
     """One TTS call to make: text the model reads, voice, and where it sits in the programme."""
 
@@ -43,6 +58,8 @@ class Request:
     speaker: str | None = None
     section: str | None = None  # title of the markdown section this request belongs to
     pause_before_ms: int = 0  # silence inserted before this request's audio (after seam trimming)
+    model: int = 1  # which TTS model reads it: 1 = `model`, 2 = `model_2`, 3 = `model_3`
+    speed: float | None = None  # speech rate of this request; None = the job's `speed`
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,7 @@ class TimelineEntry:
     speaker: str | None = None
     voice: str | None = None
     section: str | None = None
+    model: int = 1  # the request's model index (see Request.model)
 
 
 @dataclass(frozen=True)

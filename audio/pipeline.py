@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,8 +25,10 @@ from .model import (
     Plan,
     Request,
     Result,
+    SpeakerVoice,
     Stats,
     Synthesize,
+    Synthesizers,
     Tags,
     TimelineEntry,
 )
@@ -41,7 +43,9 @@ class Job:
 
     text: str
     voice: str | None = None  # default voice; None = the provider's default
-    speakers: dict[str, str] = field(default_factory=dict)  # lower-cased name → voice; "*" = fallback
+    # lower-cased name → SpeakerVoice (model, voice, speed; see audio.options.speakers) or a plain voice name;
+    # "*" = fallback
+    speakers: Mapping[str, SpeakerVoice | str] = field(default_factory=dict)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     loudness: LoudnessTarget = LOUDNESS_PRESETS["podcast"]
     pause_ms: int = 300
@@ -57,7 +61,12 @@ class Job:
     max_text_chars: int = 200_000
     max_seconds_per_call: float = 1800.0  # decoded duration cap of one TTS call
     max_total_seconds: float = 6 * 3600.0
-    cache_namespace: str = ""  # identifies engine/provider+model for cache keys
+    cache_namespace: str = ""  # identifies engine/provider+model for cache keys (model 1 when `models` lacks it)
+    # Model index → name (e.g. "provider/model"): names it in messages and is its cache namespace.
+    models: Mapping[int, str] = field(default_factory=dict)
+    # Model index → its default voice (the selector's), for speakers mapped without one (`Guest=2:`); model 1's
+    # default is `voice`.
+    model_voices: Mapping[int, str | None] = field(default_factory=dict)
     stall_timeout_s: float = 120.0  # a TTS call that sends nothing for this long fails
     time_budget_s: float | None = None  # the caller's execution limit (Dify: 600 s); None = unlimited
     # the finished episode (audio.production): local files, checked before any TTS call
@@ -75,7 +84,7 @@ class Job:
 
 def narrate(
     job: Job,
-    synthesize: Synthesize,
+    synthesize: Synthesize | Synthesizers,
     *,
     cache: Cache | None = None,
     progress: Progress | None = None,
@@ -83,6 +92,9 @@ def narrate(
     output: str | Path | None = None,
 ) -> Result:
     """Run the whole pipeline. Raises audio.errors.PipelineError subclasses on user-facing failures.
+
+    `synthesize`: the speech engine, or {model index: engine} when speakers use several models (see
+    audio.synth.run: each request goes to its model, `concurrency` applies per model).
 
     `output`: a path to put the finished file at (atomically); the Result then carries that path and empty
     `data`, so the audio is never held in memory (the CLI writes files this way).
@@ -101,6 +113,7 @@ def narrate(
         job.text,
         voice=job.voice,
         speakers=job.speakers or None,
+        model_voices=job.model_voices or None,
         max_chars=job.max_chars_per_request,
         pause_ms=job.pause_ms,
         paragraph_pause_ms=job.paragraph_pause_ms,
@@ -118,7 +131,7 @@ def narrate(
 def _run(
     job: Job,
     plan: Plan,
-    synthesize: Synthesize,
+    synthesize: Synthesize | Synthesizers,
     cache: Cache | None,
     progress: Progress | None,
     tmp: Path,
@@ -139,6 +152,7 @@ def _run(
         stall_timeout_s=job.stall_timeout_s,
         cache=cache,
         namespace=job.cache_namespace,
+        models=job.models,
         stats=stats,
         progress=report("synthesize"),
         spool=spool,
@@ -359,8 +373,11 @@ def check_budget(requests: list[Request], job: Job) -> None:
     """
     if not job.time_budget_s:
         return
-    per_call = [MIN_CALL_S + len(r.text) / CHARS_PER_AUDIO_S / FASTEST_REALTIME_FACTOR for r in requests]
-    optimistic = sum(per_call) / max(1, job.concurrency)
+    per_model: dict[int, float] = {}  # each model has its own `concurrency` calls at once
+    for r in requests:
+        call_s = MIN_CALL_S + len(r.text) / CHARS_PER_AUDIO_S / FASTEST_REALTIME_FACTOR
+        per_model[r.model] = per_model.get(r.model, 0.0) + call_s
+    optimistic = max(per_model.values(), default=0.0) / max(1, job.concurrency)
     if optimistic > job.time_budget_s:
         raise InvalidInput(
             "text",

@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 LANGUAGES = ("en_US", "zh_Hans", "ja_JP", "pt_BR")
 # The tool's parameter names are a public contract: workflows and agents refer to them by name.
 PUBLIC_PARAMETERS = [
-    "text", "model", "voice", "speakers", "output_format", "bitrate", "sample_rate", "channels", "loudness",
+    "text", "model", "voice", "model_2", "model_3", "speakers", "output_format", "bitrate", "sample_rate",
+    "channels", "loudness",
     "pause_ms", "paragraph_pause_ms", "max_chars_per_request", "concurrency", "title", "artist", "album",
     "filename", "subtitles", "chapters", "cache", "max_output_mb",
     "intro", "outro", "music", "music_level", "intro_overlap_ms",
@@ -245,6 +246,9 @@ def test_parameter_types_and_defaults():
     assert p["model"]["type"] == "model-selector" and p["model"]["scope"] == "tts"
     assert p["model"]["form"] == "form" and p["model"]["required"] is True
     assert p["voice"]["type"] == "string" and not p["voice"].get("required")
+    for name in ("model_2", "model_3"):  # optional extra models a speaker can be sent to
+        assert p[name]["type"] == "model-selector" and p[name]["scope"] == "tts", name
+        assert p[name]["form"] == "form" and p[name]["required"] is False, name
     assert p["speakers"]["type"] == "string" and p["speakers"]["form"] == "llm"
     for name in ("title", "artist", "album", "filename"):
         assert p[name]["type"] == "string" and not p[name].get("required"), name
@@ -287,7 +291,8 @@ def test_output_schema_declares_the_stats_fields():
     assert list(schema["properties"]) == STATS_FIELDS
     timeline = schema["properties"]["timeline"]
     assert timeline["type"] == "array"
-    assert set(timeline["items"]["properties"]) == {"index", "start", "end", "speaker", "voice", "text"}
+    assert set(timeline["items"]["properties"]) == {"index", "start", "end", "speaker", "voice", "text", "provider",
+                                                          "model"}
     assert set(schema["properties"]["chapters"]["items"]["properties"]) == {"title", "start", "end"}
 
 

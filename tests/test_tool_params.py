@@ -18,10 +18,11 @@ from dify_plugin.entities.tool import ToolRuntime  # noqa: E402
 
 from audio.cache import KeyValueCache  # noqa: E402
 from audio.errors import InvalidAudio, InvalidInput, SynthesisFailed  # noqa: E402
-from audio.model import LOUDNESS_PRESETS, Chapter, Result, Stats, TimelineEntry  # noqa: E402
+from audio.model import LOUDNESS_PRESETS, Chapter, Result, SpeakerVoice, Stats, TimelineEntry  # noqa: E402
 from tools import tts_pipeline as tool_module  # noqa: E402
 from tools.tts_pipeline import (  # noqa: E402
     PLACEHOLDER_VOICE,
+    SelectedModel,
     TtsPipelineTool,
     parse_parameters,
     resolve_voice,
@@ -71,7 +72,7 @@ def test_values_as_dify_sends_them():
     ))  # fmt: skip
     job = call.job
     assert job.voice == "nova" and call.voice_source == "voice parameter"
-    assert job.speakers == {"host": "alloy", "guest": "echo"}
+    assert job.speakers == {"host": SpeakerVoice("alloy"), "guest": SpeakerVoice("echo")}
     assert (job.encode.fmt, job.encode.bitrate_kbps, job.encode.sample_rate, job.encode.channels) == ("m4a", 64,
                                                                                                       44100, 2)
     assert job.encode.max_bytes == int(12.5 * 2**20)
@@ -83,13 +84,58 @@ def test_values_as_dify_sends_them():
 
 
 def test_blank_optional_values_mean_defaults():
-    blank = {name: "" for name in ("voice", "speakers", "output_format", "bitrate", "sample_rate", "channels",
+    blank = {name: "" for name in ("voice", "model_2", "model_3", "speakers", "output_format", "bitrate",
+                                   "sample_rate", "channels",
                                    "loudness", "pause_ms", "paragraph_pause_ms", "max_chars_per_request",
                                    "concurrency", "title", "artist", "album", "filename", "subtitles", "chapters",
                                    "cache", "max_output_mb")}
     assert parse_parameters(params(**blank)) == parse_parameters(params())
     nones = dict.fromkeys(blank)
     assert parse_parameters(params(**nones)) == parse_parameters(params())
+
+
+MODEL_2 = {"provider": "minimax", "model": "speech-01", "model_type": "tts", "voice": "female-shaonv"}
+
+
+def test_speakers_can_use_the_second_and_third_model():
+    call = parse_parameters(params(
+        voice="onyx", model_2=dict(MODEL_2), model_3=json.dumps({**MODEL, "model": "tts-1-hd"}),
+        speakers='{"Host": "alloy", "Guest": {"model": 2}, "Expert": "3:nova@1.2", "*": "2:"}',
+    ))  # fmt: skip
+    job = call.job
+    assert set(call.models) == {1, 2, 3}
+    assert (call.models[2].provider, call.models[2].model, call.models[2].voice) == ("minimax", "speech-01",
+                                                                                      "female-shaonv")
+    assert job.models == {1: "langgenius/openai/openai/tts-1", 2: "minimax/speech-01",
+                          3: "langgenius/openai/openai/tts-1-hd"}
+    assert job.cache_namespace == job.models[1]  # model 1's cache keys are what they were before model_2 existed
+    assert job.model_voices == {2: "female-shaonv", 3: None}
+    assert job.speakers == {"host": SpeakerVoice("alloy"), "guest": SpeakerVoice(None, 2),
+                            "expert": SpeakerVoice("nova", 3, 1.2), "*": SpeakerVoice(None, 2)}
+
+
+@pytest.mark.parametrize("empty", [None, "", {}, {"provider": "", "model": "", "model_type": "tts"}])
+def test_an_empty_extra_selector_is_no_model(empty):
+    call = parse_parameters(params(model_2=empty, model_3=empty))
+    assert set(call.models) == {1} and call.job.models == {1: "langgenius/openai/openai/tts-1"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "words"),
+    [
+        ({"speakers": "Host=alloy; Guest=3:nova"}, "speakers", ["'guest'", "model_3", "model 3"]),
+        ({"speakers": "Host=alloy; Guest=2:"}, "speakers", ["'guest'", "model_2"]),
+        ({"speakers": '{"*": {"model": 3}}', "model_2": MODEL_2}, "speakers", ["'*'", "model_3", "1 or 2"]),
+        ({"model_2": {"provider": "minimax", "model_type": "tts"}}, "model_2", ["no model"]),
+        ({"model_3": {**MODEL, "model": "gpt-4o", "model_type": "llm"}}, "model_3", ["not a TTS model"]),
+    ],
+)
+def test_a_speaker_sent_to_an_empty_or_bad_selector_is_an_error(extra, param, words):
+    with pytest.raises(InvalidInput) as err:
+        parse_parameters(params(text="Host: Hi.\nGuest: Hello.", **extra))
+    assert err.value.param == param
+    for word in words:
+        assert word in str(err.value), str(err.value)
 
 
 def test_chapters_true_means_when_the_text_has_headings():
@@ -219,14 +265,22 @@ def fake_result(**overrides) -> Result:
 
 def test_stats_json_has_exactly_the_declared_fields():
     schema = yaml.safe_load((REPO / "tools" / "tts_pipeline.yaml").read_text(encoding="utf-8"))["output_schema"]
-    stats = stats_json(fake_result())
+    models = {1: SelectedModel("langgenius/openai/openai", "tts-1", None),
+              2: SelectedModel("minimax", "speech-01", None)}
+    timeline = [
+        TimelineEntry(0, 0.0, 2.5, "Hello there.", speaker="host", voice="alloy", section="Intro"),
+        TimelineEntry(1, 2.8, 5.01234, "word " * 100, speaker="guest", voice=None, model=2),
+    ]
+    stats = stats_json(fake_result(timeline=timeline), models)
     assert list(stats) == list(schema["properties"])
     json.dumps(stats)  # serializable
     assert stats["duration_s"] == 151.234 and stats["loudness_lufs"] == -16.04 and stats["true_peak_dbtp"] == -1.2
     assert stats["target"] == "podcast" and stats["requests"] == 12 and stats["cache_hits"] == 3
     entry = stats["timeline"][0]
     assert set(entry) == set(schema["properties"]["timeline"]["items"]["properties"])
-    assert entry == {"index": 0, "start": 0.0, "end": 2.5, "speaker": "host", "voice": "alloy", "text": "Hello there."}
+    assert entry == {"index": 0, "start": 0.0, "end": 2.5, "speaker": "host", "voice": "alloy", "text": "Hello there.",
+                     "provider": "langgenius/openai/openai", "model": "tts-1"}
+    assert (stats["timeline"][1]["provider"], stats["timeline"][1]["model"]) == ("minimax", "speech-01")
     assert len(stats["timeline"][1]["text"]) <= 120 and stats["timeline"][1]["text"].endswith("…")
     assert stats["chapters"] == [{"title": "Intro", "start": 0.0, "end": 151.234}]
     assert stats["warnings"] == ["TTS call #4: last frame dropped"]
@@ -306,8 +360,9 @@ def run_tool(monkeypatch, parameters, outcome):
 
 
 def test_messages_of_a_successful_run(monkeypatch):
-    messages, seen = run_tool(monkeypatch, params(filename="My Show"), fake_result())
+    messages, seen = run_tool(monkeypatch, params(filename="My Show", model_2=MODEL_2), fake_result())
     assert isinstance(seen["cache"], KeyValueCache)
+    assert set(seen["synthesize"]) == {1, 2}  # one Dify TTS callable per selected model
     kinds = [m.type.value for m in messages]
     assert kinds[0] == "blob" and kinds.count("blob") == 1 and kinds.count("json") == 1 and kinds[-1] == "text"
     assert messages[0].message.blob == b"ID3fake-mp3-bytes"

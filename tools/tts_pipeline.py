@@ -26,7 +26,7 @@ from dify_plugin.entities.tool import ToolInvokeMessage
 from audio import fetch, options
 from audio.cache import KeyValueCache
 from audio.errors import InvalidInput, PipelineError, SynthesisFailed
-from audio.model import EncodeOptions, Result, Synthesize, Tags
+from audio.model import MODEL_PARAMS, EncodeOptions, Result, SpeakerVoice, Synthesize, Tags
 from audio.pipeline import Job, narrate
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,20 @@ _UNSAFE_FILENAME = re.compile(r'[/\\:*?"<>|]')
 
 
 @dataclass(frozen=True)
+class SelectedModel:
+    """One filled model selector: `model`, `model_2` or `model_3`."""
+
+    provider: str
+    model: str
+    voice: str | None  # the voice chosen in the selector's own panel
+
+    @property
+    def name(self) -> str:
+        """"provider/model": how messages, stats and cache keys identify it."""
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True)
 class Invocation:
     """What one tool call asks for, validated."""
 
@@ -60,6 +74,7 @@ class Invocation:
     voice_source: str  # "voice parameter" | "model selector" | "placeholder"
     filename: str  # without extension
     use_cache: bool
+    models: dict[int, SelectedModel] = field(default_factory=dict)  # model index → selection; 1 is `model`
     files: dict[str, fetch.RemoteFile] = field(default_factory=dict)  # intro/outro/music, downloaded in _invoke
 
     def downloaded(self, workdir: Path) -> Job:
@@ -73,15 +88,16 @@ class TtsPipelineTool(Tool):
         call = parse_parameters(tool_parameters)  # raises InvalidInput before any TTS call
         job = call.job
         logger.info(
-            "narrating %d chars with %s/%s (voice from %s): %r",
-            len(job.text), call.provider, call.model, call.voice_source, job.text[:40],
+            "narrating %d chars with %s (voice from %s): %r",
+            len(job.text), ", ".join(m.name for m in call.models.values()), call.voice_source, job.text[:40],
         )
         cache = KeyValueCache(self.session.storage) if call.use_cache else None
+        engines = {index: self._synthesizer(m.provider, m.model) for index, m in call.models.items()}
         try:
             with tempfile.TemporaryDirectory(prefix="ttsp-files-") as files_dir:
                 # files first: a bad intro/outro/music fails here, before any TTS call (narrate checks them too)
                 job = call.downloaded(Path(files_dir)) if call.files else job
-                result = narrate(job, self._synthesizer(call.provider, call.model), cache=cache)
+                result = narrate(job, engines, cache=cache)
         except PipelineError as err:
             logger.warning("failed: %s", err)
             err.args = (user_message(err, call),)
@@ -103,7 +119,7 @@ class TtsPipelineTool(Tool):
                     "filename": f"{call.filename}.{result.subtitles_format}",
                 },
             )
-        stats = stats_json(result)
+        stats = stats_json(result, call.models)
         yield self.create_json_message(stats)
         for name, value in stats.items():  # the output_schema's variables, for workflows
             if value is not None:  # Dify before PR #30082 refuses a variable message whose value is None
@@ -133,7 +149,13 @@ def parse_parameters(params: Mapping[str, Any]) -> Invocation:
         raise InvalidInput("text", "is empty; give the text to read aloud")
     provider, model, selector_voice = model_selector(params.get("model"))
     voice, voice_source = resolve_voice(params.get("voice"), selector_voice)
+    models = {1: SelectedModel(provider, model, selector_voice)}
+    for index in (2, 3):
+        param = MODEL_PARAMS[index]
+        if not empty_selector(params.get(param)):
+            models[index] = SelectedModel(*model_selector(params.get(param), param))
     speakers = options.speakers(params.get("speakers"))
+    check_speaker_models(speakers, models)
     encode = EncodeOptions(
         fmt=options.output_format(params.get("output_format")),
         bitrate_kbps=options.bitrate(params.get("bitrate")),
@@ -156,6 +178,8 @@ def parse_parameters(params: Mapping[str, Any]) -> Invocation:
         # true means "when the text has headings" (None for the pipeline); false means never
         chapters=None if options.boolean("chapters", params.get("chapters"), True) else False,
         cache_namespace=f"{provider}/{model}",
+        models={index: m.name for index, m in models.items()},
+        model_voices={index: m.voice for index, m in models.items() if index != 1},
         time_budget_s=TIME_BUDGET_S,
         music_level=options.number("music_level", params.get("music_level"), -20.0, integer=False),
         intro_overlap_ms=int(options.number("intro_overlap_ms", params.get("intro_overlap_ms"), 500)),
@@ -173,6 +197,7 @@ def parse_parameters(params: Mapping[str, Any]) -> Invocation:
         voice_source=voice_source,
         filename=sanitize_filename(params.get("filename")),
         use_cache=bool(options.boolean("cache", params.get("cache"), True)),
+        models=models,
         files=files,
     )
 
@@ -198,24 +223,49 @@ def remote_file(param: str, value: Any) -> fetch.RemoteFile | None:
     )
 
 
-def model_selector(value: Any) -> tuple[str, str, str | None]:
-    """(provider, model, voice or None) from the model-selector value Dify passes as a dict."""
+def empty_selector(value: Any) -> bool:
+    """An optional model selector left empty (Dify sends nothing, null, "" or a selection without a model)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True
+    if not isinstance(value, Mapping):
+        return False
+    return not any(str(value.get(key) or "").strip() for key in ("provider", "model"))
+
+
+def check_speaker_models(speakers: Mapping[str, SpeakerVoice], models: Mapping[int, SelectedModel]) -> None:
+    """A speaker mapped to an empty selector (`Guest=3:` with no model_3) is an error naming both."""
+    for name, entry in speakers.items():
+        if entry.model not in models:
+            param = MODEL_PARAMS[entry.model]
+            who = "the fallback '*'" if name == "*" else f"speaker {name!r}"
+            raise InvalidInput(
+                "speakers",
+                f"{who} is mapped to model {entry.model}, but no model is selected in {param}; choose a TTS model "
+                f"in {param}, or map {'*' if name == '*' else name} to "
+                + " or ".join(str(i) for i in sorted(models))
+                + f" ({', '.join(MODEL_PARAMS[i] for i in sorted(models))})",
+            )
+
+
+def model_selector(value: Any, param: str = "model") -> tuple[str, str, str | None]:
+    """(provider, model, voice or None) from the model-selector value Dify passes as a dict; errors name
+    `param` (model, model_2 or model_3)."""
     hint = "choose a text-to-speech model in the model selector"
     if isinstance(value, str) and value.strip().startswith("{"):
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise InvalidInput("model", f"is not a model-selector value; {hint}") from None
+            raise InvalidInput(param, f"is not a model-selector value; {hint}") from None
     if not isinstance(value, Mapping):
-        raise InvalidInput("model", f"no model selected; {hint}")
+        raise InvalidInput(param, f"no model selected; {hint}")
     provider = str(value.get("provider") or "").strip()
     model = str(value.get("model") or "").strip()
     missing = [name for name, got in (("provider", provider), ("model", model)) if not got]
     if missing:
-        raise InvalidInput("model", f"the selection has no {' and no '.join(missing)}; {hint}")
+        raise InvalidInput(param, f"the selection has no {' and no '.join(missing)}; {hint}")
     model_type = str(value.get("model_type") or "tts").strip().lower()
     if model_type not in ("tts", "text-to-speech"):
-        raise InvalidInput("model", f"{model!r} is a {model_type} model, not a TTS model; {hint}")
+        raise InvalidInput(param, f"{model!r} is a {model_type} model, not a TTS model; {hint}")
     voice = str(value.get("voice") or "").strip() or None
     return provider, model, voice
 
@@ -257,8 +307,10 @@ def _tag(value: Any) -> str | None:
 # Result / error → what the user reads
 
 
-def stats_json(result: Result) -> dict[str, Any]:
-    """The fields declared in tools/tts_pipeline.yaml's output_schema."""
+def stats_json(result: Result, models: Mapping[int, SelectedModel] | None = None) -> dict[str, Any]:
+    """The fields declared in tools/tts_pipeline.yaml's output_schema. `models` names each timeline entry's
+    provider and model (None when not given)."""
+    models = models or {}
     return {
         "duration_s": round(result.duration_s, 3),
         "format": result.fmt,
@@ -281,6 +333,8 @@ def stats_json(result: Result) -> dict[str, Any]:
                 "speaker": e.speaker,
                 "voice": e.voice,
                 "text": _preview(e.text),
+                "provider": models[e.model].provider if e.model in models else None,
+                "model": models[e.model].model if e.model in models else None,
             }
             for e in result.timeline
         ],
@@ -317,7 +371,13 @@ def user_message(err: PipelineError, call: Invocation) -> str:
     """The error text a Dify user reads, with what to do about voices when the provider refused one."""
     message = str(err)
     if isinstance(err, SynthesisFailed) and "voice" in err.provider_message.lower():
-        if call.voice_source == "placeholder":
+        other = next((p for i, p in MODEL_PARAMS.items() if i != 1 and err.model.startswith(p + " ")), None)
+        if other:
+            message += (
+                f"\nThe voice came from `speakers` or from {other}'s settings. Pick a voice this model offers there,"
+                f" or set it in `speakers` (e.g. Guest={other[-1]}:voice)."
+            )
+        elif call.voice_source == "placeholder":
             message += (
                 f"\nNo voice was chosen, so the placeholder {PLACEHOLDER_VOICE!r} was sent and the TTS provider"
                 " refused it. Pick a voice in the model selector's settings, or set the `voice` parameter."
