@@ -47,15 +47,18 @@ def _sniff_head(head: bytes) -> str | None:
 
 
 def _describe(head: bytes) -> str:
+    """What a refused file looks like, for the message."""
     if head[:5] == b"%PDF-":
         return "it is a PDF document"
     if head[:4] == b"PK\x03\x04":
         return "it is a zip archive (or an office document)"
-    if head[:3] == b"\xff\xd8\xff" or head[:8] == b"\x89PNG\r\n\x1a\n" or head[:4] in (b"GIF8", b"RIFF"):
-        return "it looks like an image"
-    text = printable_preview(head, 60)
-    if text and len(text) > 20 and sum(ch.isprintable() for ch in head[:200].decode("utf-8", "replace")) > 150:
-        return f"it is text starting with {text!r}"
+    if head[:3] == b"\xff\xd8\xff" or head[:8] == b"\x89PNG\r\n\x1a\n" or head[:4] == b"GIF8":
+        return "it is an image"
+    if head[:4] == b"RIFF":
+        return f"it is a RIFF {head[8:12].decode('latin-1').strip()!r} file, not WAVE"
+    sample = head[:512].decode("utf-8", "replace")
+    if sum(ch.isprintable() or ch in "\r\n\t" for ch in sample) >= 0.9 * len(sample):
+        return f"it is text starting with {printable_preview(head, 60)!r}"
     return "unknown content"
 
 

@@ -302,3 +302,18 @@ def test_an_intro_over_two_minutes_fails_before_any_tts_call(tmp_path, monkeypat
     with pytest.raises(InvalidInput) as err:
         narrate(Job(text=TEXT, intro=long), tts)
     assert err.value.param == "intro" and "longer than 3 s" in str(err.value) and tts.calls == 0
+
+
+@pytest.mark.parametrize(("head", "said"), [
+    (b"%PDF-1.7\n...", "PDF document"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(100), "an image"),
+    (b"RIFF\x00\x00\x00\x00WEBPVP8 " + bytes(100), "RIFF 'WEBP' file"),
+    (b"#EXTM3U\n#EXT-X-VERSION:3\nhttp://example.com/a.ts\n", "text starting with '#EXTM3U"),
+    (bytes(range(256)) * 4, "unknown content"),
+])  # fmt: skip
+def test_a_refused_file_says_what_it_looks_like(tmp_path, head, said):
+    path = tmp_path / "x.mp3"
+    path.write_bytes(head)
+    with pytest.raises(InvalidInput) as err:
+        media.sniff("music", path)
+    assert err.value.param == "music" and said in str(err.value), str(err.value)
