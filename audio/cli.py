@@ -49,6 +49,11 @@ PARAM_FLAGS = {
     "subtitles": "--subtitles",
     "chapters": "--chapters",
     "max_output_mb": "--max-output-mb",
+    "intro": "--intro",
+    "outro": "--outro",
+    "music": "--music",
+    "music_level": "--music-level",
+    "intro_overlap_ms": "--intro-overlap-ms",
     "output": "-o/--output",
     "file": "FILE",
 }
@@ -98,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--artist")
     n.add_argument("--album")
     n.add_argument("--max-output-mb", help="size limit of the file in MiB (default 30)")
+    n.add_argument("--intro", metavar="FILE", help="audio played before the narration, matched to its loudness")
+    n.add_argument("--outro", metavar="FILE", help="audio played after the narration")
+    n.add_argument("--music", metavar="FILE", help="music bed under the narration: looped, faded, ducked under speech")
+    n.add_argument("--music-level", metavar="LU",
+                   help="level of the bed while someone speaks, in LU relative to the speech, -40 to -6 (default -20)")
+    n.add_argument("--intro-overlap-ms", metavar="MS",
+                   help="how far the intro's tail runs under the first words, 0-5000 (default 500)")
     cache = n.add_mutually_exclusive_group()
     cache.add_argument("--cache-dir", type=Path, help=f"TTS cache directory (default {default_cache_dir()})")
     cache.add_argument("--no-cache", action="store_true", help="do not read or write the TTS cache")
@@ -241,6 +253,11 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     subs = options.subtitles(args.subtitles)
     max_mb = options.number("max_output_mb", args.max_output_mb, DEFAULTS["max_output_mb"], integer=False)
     speakers = options.speakers(args.speakers)
+    intro = options.local_file("intro", args.intro)
+    outro = options.local_file("outro", args.outro)
+    music = options.local_file("music", args.music)
+    music_level = options.number("music_level", args.music_level, -20.0, integer=False)
+    intro_overlap_ms = int(options.number("intro_overlap_ms", args.intro_overlap_ms, 500))
 
     engines = embedded_models()
     voice = EspeakEngine.resolve_voice(args.voice)  # the default voice by name, so stats and timeline show it
@@ -296,6 +313,11 @@ def cmd_narrate(args: argparse.Namespace) -> int:
         chapters=args.chapters,
         cache_namespace=engines[1].cache_namespace,
         models={index: e.cache_namespace for index, e in engines.items()},
+        intro=intro,
+        outro=outro,
+        music=music,
+        music_level=music_level,
+        intro_overlap_ms=intro_overlap_ms,
     )
 
     cache = None
@@ -353,6 +375,8 @@ def summary(out: str, result: Any, elapsed: float, subs_path: Path | None) -> st
     line = f"wrote {out}: {', '.join(parts)} ({st.requests} requests, {st.cache_hits} cached) in {elapsed:.1f} s"
     if subs_path:
         line += f"; subtitles: {subs_path}"
+    if st.music_level_lu is not None:
+        line += f"; music bed {st.music_level_lu:.1f} LU under the speech"
     return line
 
 

@@ -146,6 +146,11 @@ class Stats:
     cache_misses: int = 0
     truncated_files: int = 0
     warnings: list[str] = field(default_factory=list)
+    # the finished episode (audio.production); None when not used
+    intro_s: float | None = None
+    outro_s: float | None = None
+    music_level_lu: float | None = None  # the bed's loudness under speech relative to the speech, measured
+    speech_loudness_lufs: float | None = None  # the speech's loudness in the file (the mix's minus the bed's share)
 
 
 @dataclass(frozen=True)

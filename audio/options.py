@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInput
@@ -27,6 +28,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "max_chars_per_request": (50, 4_000),
     "concurrency": (1, 16),
     "max_output_mb": (1, 200),
+    "music_level": (-40, -6),  # LU relative to the speech, while someone speaks
+    "intro_overlap_ms": (0, 5_000),
 }
 
 
@@ -269,3 +272,15 @@ def _speed(name: str, value: Any) -> float:
     if isinstance(value, bool) or not math.isfinite(speed) or not lo <= speed <= hi:
         raise InvalidInput("speakers", f"{name}: the speed {value!r} is out of range; allowed {lo:g} to {hi:g}")
     return speed
+
+
+def local_file(param: str, value: Any) -> Path | None:
+    """A path to an existing, non-empty file (intro/outro/music in the CLI); blank means none."""
+    if _blank(value):
+        return None
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        raise InvalidInput(param, f"{str(value)!r} is not a file")
+    if path.stat().st_size == 0:
+        raise InvalidInput(param, f"{str(value)!r} is empty")
+    return path

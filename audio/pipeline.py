@@ -11,10 +11,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import assemble, decode, master, script, subtitles, synth, tags
+from . import assemble, decode, master, media, production, script, subtitles, synth, tags
 from .cache import Cache
 from .errors import InvalidAudio, InvalidInput, OutputTooLarge, PipelineError
 from .model import (
@@ -69,6 +69,17 @@ class Job:
     model_voices: Mapping[int, str | None] = field(default_factory=dict)
     stall_timeout_s: float = 120.0  # a TTS call that sends nothing for this long fails
     time_budget_s: float | None = None  # the caller's execution limit (Dify: 600 s); None = unlimited
+    # the finished episode (audio.production): local files, checked before any TTS call
+    intro: Path | None = None
+    outro: Path | None = None
+    music: Path | None = None
+    music_level: float = production.MUSIC_LEVEL_DEFAULT_LU  # LU relative to the speech, while someone speaks
+    intro_overlap_ms: int = production.INTRO_OVERLAP_DEFAULT_MS
+
+    @property
+    def produced(self) -> bool:
+        """True when the speech gets an intro, an outro or a music bed."""
+        return any(p is not None for p in (self.intro, self.outro, self.music))
 
 
 def narrate(
@@ -109,6 +120,10 @@ def narrate(
         sentence_per_request=job.subtitles != "none",
     )
     check_budget(plan.requests, job)
+    for param in ("intro", "outro", "music"):  # a bad file fails here, before any TTS call
+        path = getattr(job, param)
+        if path is not None:
+            media.check(param, Path(path), None if param == "music" else production.MAX_JINGLE_S)
     with tempfile.TemporaryDirectory(prefix="ttsp-", dir=workdir) as tmp:
         return _run(job, plan, synthesize, cache, progress, Path(tmp), stats, Path(output) if output else None)
 
@@ -185,17 +200,24 @@ def _run(
     if programme.frames == 0:
         raise InvalidAudio(None, "every TTS call returned only silence; nothing to save")
 
+    target = job.loudness
+    speech_shift = 0.0
+    if job.produced:
+        programme, target, speech_shift = _produce(job, programme, tmp, stats)
+
     encoded = master.master(
         programme.path,
         rate,
         channels,
         programme.integrated_lufs,
         programme.rms_db,
-        job.loudness,
+        target,
         job.encode,
         tmp,
     )
     stats.warnings.extend(encoded.notes)
+    if job.produced and encoded.loudness_lufs is not None:
+        stats.speech_loudness_lufs = round(encoded.loudness_lufs - speech_shift, 2)
     chapter_list = chapters_for(programme.timeline, plan, job, programme.duration_s)
     stats.warnings.extend(tags.write_tags(encoded.path, encoded.fmt, job.tags, chapter_list))
     size = encoded.path.stat().st_size
@@ -235,6 +257,53 @@ def _run(
         subtitles_format=job.subtitles if subs is not None else None,
         path=output,
     )
+
+
+# The mix may differ from the speech's loudness by at most this much when the target is aimed at the speech
+# (a loud bed); beyond it the speech gives way so the file still meets the target within ±1 LU.
+MAX_MIX_OFFSET_LU = 0.5
+
+
+def _produce(
+    job: Job, speech: assemble.Programme, tmp: Path, stats: Stats
+) -> tuple[assemble.Programme, LoudnessTarget, float]:
+    """Mix intro, speech, music bed and outro; return the mixed programme, the loudness target master must
+    aim the MIX at so the SPEECH lands on the job's target, and the measured mix − speech loudness difference
+    (which a uniform gain keeps: the speech's loudness in the file is the file's minus it).
+
+    Master normalizes what it is given. Given the mix, it would pull the speech down by whatever the bed adds;
+    so the target is moved by the measured (mix − speech) offset, capped at ±MAX_MIX_OFFSET_LU so the file
+    as a whole still meets the target within ±1 LU.
+    """
+    made = production.produce(
+        speech,
+        tmp,
+        tmp / "episode.f32",
+        intro=job.intro,
+        outro=job.outro,
+        music=job.music,
+        music_level_lu=job.music_level,
+        intro_overlap_s=job.intro_overlap_ms / 1000,
+    )
+    speech.path.unlink(missing_ok=True)
+    stats.warnings.extend(made.warnings)
+    stats.intro_s = None if made.intro_s is None else round(made.intro_s, 3)
+    stats.outro_s = None if made.outro_s is None else round(made.outro_s, 3)
+    stats.music_level_lu = made.music_level_lu
+    delta = 0.0 if made.mix_lufs is None else made.mix_lufs - made.speech_lufs
+    offset = max(-MAX_MIX_OFFSET_LU, min(MAX_MIX_OFFSET_LU, delta))
+    target = job.loudness
+    if target.integrated is not None and offset:
+        target = replace(target, integrated=target.integrated + offset)
+    mixed = replace(
+        speech,
+        path=made.path,
+        frames=made.frames,
+        timeline=made.timeline,
+        integrated_lufs=made.mix_lufs,
+        rms_db=made.mix_rms_db,
+    )
+    return mixed, target, delta
 
 
 def deliver(src: Path, dest: Path) -> None:

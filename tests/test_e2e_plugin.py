@@ -390,3 +390,69 @@ def test_a_silent_call_times_out_and_is_retried(plugin_dir):
         run = daemon.invoke_tool(base_params())
     check_narration(run, audio_s=6.0)
     assert seen["Bravo"] == 2 and run.jsons[0]["retries"] >= 1
+
+
+# --- the finished episode: Dify `file` parameters, downloaded by the plugin ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def file_server(tmp_path_factory):
+    """A tiny HTTP server on 127.0.0.1 standing in for Dify's file URL (FILES_URL)."""
+    import http.server
+    import socket
+
+    root = tmp_path_factory.mktemp("files")
+    ffmpeg.run(["-f", "lavfi", "-i", "aevalsrc=0.3*sin(2*PI*440*t)+0.2*sin(2*PI*554*t):s=44100:d=2",
+                "-c:a", "libmp3lame", "-f", "mp3", ffmpeg.file_url(root / "jingle.mp3")])
+    ffmpeg.run(["-f", "lavfi", "-i", "aevalsrc=0.3*sin(2*PI*70*t):s=44100:d=3.3", "-f", "flac",
+                ffmpeg.file_url(root / "bed.flac")])
+    (root / "notes.mp3").write_text("<html>not audio</html>" * 50)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", closed
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def dify_file(url: str, name: str, mime: str = "audio/mpeg", size: int | None = 1000) -> dict:
+    """A file parameter as the daemon sends it (the SDK turns it into dify_plugin.file.File)."""
+    return {"dify_model_identity": "__dify__file__", "url": url, "type": "audio", "mime_type": mime,
+            "filename": name, "extension": "." + name.rsplit(".", 1)[-1], "size": size}
+
+
+def test_an_episode_with_intro_and_music_from_dify_files(daemon, file_server):
+    base, _ = file_server
+    run = daemon.invoke_tool(base_params(
+        intro=dify_file(f"{base}/jingle.mp3?timestamp=1&sign=x", "jingle.mp3"),
+        music=dify_file(f"{base}/bed.flac?sign=y", "bed.flac", "audio/flac"), music_level=-22,
+    ))
+    assert run.ok, run.describe()
+    stats = run.jsons[0]
+    assert list(stats) == STATS_FIELDS
+    assert stats["intro_s"] == pytest.approx(2.0, abs=0.06) and stats["outro_s"] is None
+    assert stats["music_level_lu"] == pytest.approx(-22.0, abs=1.0)
+    assert abs(stats["speech_loudness_lufs"] - -16.0) <= 1.0 and abs(stats["loudness_lufs"] - -16.0) <= 1.0
+    assert stats["timeline"][0]["start"] > 2.0  # shifted by the intro
+    samples = decode_mp3(run.audio_files()[0].data)
+    assert abs(len(samples) / RATE - stats["duration_s"]) < 0.1
+
+
+@pytest.mark.parametrize("case", ["not audio", "unreachable"])
+def test_a_bad_dify_file_fails_before_any_tts_call(daemon, file_server, case):
+    base, closed = file_server
+    url = f"{base}/notes.mp3" if case == "not audio" else f"http://127.0.0.1:{closed}/files/x/file-preview"
+    run = daemon.invoke_tool(base_params(outro=dify_file(url, "outro.mp3"))).wait()
+    assert not run.ok and run.error_message.startswith("outro: "), run.describe()
+    assert ("not an audio file" if case == "not audio" else "FILES_URL") in run.error_message
+    assert run.tts_calls == []

@@ -33,11 +33,13 @@ PUBLIC_PARAMETERS = [
     "channels", "loudness",
     "pause_ms", "paragraph_pause_ms", "max_chars_per_request", "concurrency", "title", "artist", "album",
     "filename", "subtitles", "chapters", "cache", "max_output_mb",
+    "intro", "outro", "music", "music_level", "intro_overlap_ms",
 ]  # fmt: skip
 STATS_FIELDS = [
     "duration_s", "format", "sample_rate", "channels", "bitrate_kbps", "size_bytes", "sha256", "loudness_lufs",
     "true_peak_dbtp", "target", "requests", "retries", "cache_hits", "cache_misses", "timeline", "chapters",
     "warnings",
+    "intro_s", "outro_s", "music_level_lu", "speech_loudness_lufs",
 ]  # fmt: skip
 
 
@@ -276,7 +278,10 @@ def test_parameter_types_and_defaults():
             parse(option["value"])  # every offered value is accepted by the shared validation
 
     numbers = {"pause_ms": 300, "paragraph_pause_ms": 700, "max_chars_per_request": 600, "concurrency": 4,
-               "max_output_mb": 15}  # 15 MiB: the largest tool file Dify 1.0–1.2 accepts
+               "max_output_mb": 15,  # 15 MiB: the largest tool file Dify 1.0–1.2 accepts
+               "music_level": -20, "intro_overlap_ms": 500}
+    for name in ("intro", "outro", "music"):
+        assert p[name]["type"] == "file" and not p[name].get("required"), name
     for name, default in numbers.items():
         assert p[name]["type"] == "number" and p[name]["default"] == default, name
         assert (p[name]["min"], p[name]["max"]) == options.LIMITS[name], name

@@ -12,9 +12,11 @@ import hashlib
 import json
 import logging
 import re
+import tempfile
 import unicodedata
 from collections.abc import Generator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from dify_plugin import Tool
@@ -22,7 +24,7 @@ from dify_plugin.config.logger_format import plugin_logger_handler
 from dify_plugin.entities.model.tts import TTSModelConfig
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from audio import options, subtitles
+from audio import fetch, options, subtitles
 from audio.cache import KeyValueCache
 from audio.errors import InvalidAudio, InvalidInput, PipelineError, SynthesisFailed, VoiceRefused
 from audio.model import MODEL_PARAMS, EncodeOptions, Result, SpeakerVoice, Synthesize, Tags
@@ -78,6 +80,12 @@ class Invocation:
     filename: str  # without extension
     use_cache: bool
     models: dict[int, SelectedModel] = field(default_factory=dict)  # model index → selection; 1 is `model`
+    files: dict[str, fetch.RemoteFile] = field(default_factory=dict)  # intro/outro/music, downloaded in _invoke
+
+    def downloaded(self, workdir: Path) -> Job:
+        """The job with every file parameter downloaded into `workdir` (raises InvalidInput naming it)."""
+        paths = {name: fetch.download(name, f, workdir / f"{name}.bin") for name, f in self.files.items()}
+        return replace(self.job, **paths)
 
 
 class TtsPipelineTool(Tool):
@@ -93,7 +101,10 @@ class TtsPipelineTool(Tool):
         cache = KeyValueCache(self.session.storage, scope=scope) if call.use_cache else None
         engines = {index: self._synthesizer(m.provider, m.model) for index, m in call.models.items()}
         try:
-            result = narrate(job, engines, cache=cache)
+            with tempfile.TemporaryDirectory(prefix="ttsp-files-") as files_dir:
+                # files first: a bad intro/outro/music fails here, before any TTS call (narrate checks them too)
+                job = call.downloaded(Path(files_dir)) if call.files else job
+                result = narrate(job, engines, cache=cache)
             if cache is not None:
                 result.stats.warnings.extend(cache.notes)
         except PipelineError as err:
@@ -180,7 +191,15 @@ def parse_parameters(params: Mapping[str, Any]) -> Invocation:
         models={index: m.name for index, m in models.items()},
         model_voices={index: m.voice for index, m in models.items() if index != 1},
         time_budget_s=TIME_BUDGET_S,
+        music_level=options.number("music_level", params.get("music_level"), -20.0, integer=False),
+        intro_overlap_ms=int(options.number("intro_overlap_ms", params.get("intro_overlap_ms"), 500)),
     )
+    files = {}
+    for name in ("intro", "outro", "music"):
+        remote = remote_file(name, params.get(name))
+        if remote is not None:
+            fetch.check_declared(name, remote)  # type, size and URL form, before anything is downloaded
+            files[name] = remote
     return Invocation(
         job=job,
         provider=provider,
@@ -189,6 +208,28 @@ def parse_parameters(params: Mapping[str, Any]) -> Invocation:
         filename=sanitize_filename(params.get("filename")),
         use_cache=bool(options.boolean("cache", params.get("cache"), True)),
         models=models,
+        files=files,
+    )
+
+
+def remote_file(param: str, value: Any) -> fetch.RemoteFile | None:
+    """The SDK's File (or its dict form, or a one-element list of either) as a plain RemoteFile; None if unset."""
+    if isinstance(value, list | tuple):
+        if len(value) > 1:
+            raise InvalidInput(param, f"give one file, not {len(value)}")
+        value = value[0] if value else None
+    if not value or (isinstance(value, str) and not value.strip()):  # None, "", {} or []: not set
+        return None
+    get = value.get if isinstance(value, Mapping) else lambda key: getattr(value, key, None)
+    url = get("url")
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidInput(param, "is not a file (no URL); pass a file variable from the workflow")
+    size = get("size")
+    return fetch.RemoteFile(
+        url=url.strip(),
+        filename=get("filename"),
+        mime_type=get("mime_type"),
+        size=int(size) if isinstance(size, int | float) and size >= 0 else None,
     )
 
 
@@ -310,6 +351,10 @@ def stats_json(result: Result, models: Mapping[int, SelectedModel] | None = None
         ],
         "chapters": [{"title": c.title, "start": round(c.start, 3), "end": round(c.end, 3)} for c in result.chapters],
         "warnings": list(result.stats.warnings),
+        "intro_s": result.stats.intro_s,
+        "outro_s": result.stats.outro_s,
+        "music_level_lu": result.stats.music_level_lu,
+        "speech_loudness_lufs": result.stats.speech_loudness_lufs,
     }
 
 
@@ -346,6 +391,8 @@ def summary_text(result: Result, filename: str) -> str:
     if result.loudness_lufs is not None:
         level = f"{result.loudness_lufs:.1f} LUFS".replace("-", "−")
         text += f", {level}" if result.target.integrated is not None else f", {level} (not normalized)"
+    if s.music_level_lu is not None:
+        text += f"; music bed {s.music_level_lu:.0f} LU under the voice".replace("-", "−")
     if s.retries:
         text += f"; {s.retries} request{'s' if s.retries != 1 else ''} retried"
     if s.warnings:
