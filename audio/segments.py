@@ -31,12 +31,15 @@ from collections.abc import Iterable
 
 from .containers import WALKERS
 from .containers.base import Cut, text_tail
-from .containers.metadata import after_id3v2, id3v2_size
+from .containers.metadata import after_id3v2, id3v2_size, tag_size
+from .containers.resync import error_text, resync
 from .containers.sniff import format_at, not_audio_message, partial_start, sniff, text_kind
 from .errors import InvalidAudio, printable_preview
 from .model import AUDIO_FORMATS, AudioFile
 
 __all__ = ["Walk", "sniff", "split_call"]
+
+STRAY_TAIL = 1024  # bytes after a complete WAV file accepted as stray metadata (if they read like no error)
 
 
 def split_call(chunks: Iterable[bytes], call_index: int) -> list[AudioFile]:
@@ -47,10 +50,18 @@ def split_call(chunks: Iterable[bytes], call_index: int) -> list[AudioFile]:
     """
     buf = _join(chunks, call_index)
     kind = sniff(buf)
+    walk = Walk(buf, call_index)
+    start = 0
     if kind not in AUDIO_FORMATS:
-        raise InvalidAudio(call_index, not_audio_message(kind), sniffed=kind, preview=printable_preview(buf))
-    cuts = Walk(buf, call_index).run()
+        start = resync(buf, 0) if kind in _JUNK else None
+        if start is None:
+            raise InvalidAudio(call_index, not_audio_message(kind), sniffed=kind, preview=printable_preview(buf))
+        walk.skip(0, start, None, extend=False, what="before the first file")
+    cuts = walk.run(start)
     return [cut.to_audio_file(buf, call_index, i) for i, cut in enumerate(cuts)]
+
+
+_JUNK = ("unknown binary", "ID3 tag followed by unknown data")  # what may be junk before audio
 
 
 def _join(chunks: Iterable[bytes], call_index: int) -> bytes:
@@ -82,8 +93,7 @@ class Walk:
         self.cuts: list[Cut] = []
         self.pending: list[str] = []  # notes about skipped empty files, for the next file kept
 
-    def run(self) -> list[Cut]:
-        pos = 0
+    def run(self, pos: int = 0) -> list[Cut]:
         while pos < self.n:
             pos = self._file_at(pos)
         if not self.cuts:
@@ -104,17 +114,17 @@ class Walk:
         body = after_id3v2(buf, start)
         if body < 0:
             return self._cut_short(start, "an incomplete ID3v2 tag")
+        if body < n and format_at(buf, body) is None:
+            body = self._after_tags(body)  # an appended ID3v2 tag, then ID3v1/APE/Lyrics3: tags of the last file
         if body == n:  # only tags left
             last = self.cuts[-1] if self.cuts else None
             if last is not None and last.fmt in ("mp3", "aac") and last.end == start:
-                last.end = n  # an ID3v2 tag appended to the end of the last file
+                last.end = n  # tags appended to the end of the last file
                 return n
             return self._cut_short(start, "an ID3v2 tag without audio after it")
         fmt = format_at(buf, body)
         if fmt is None:
-            if partial_start(buf, body):
-                return self._cut_short(start, "an incomplete frame or header")
-            raise self.garbage(body)
+            return self._not_audio(start, body)
         cut, end = WALKERS[fmt](self, start, body)
         if cut.audio:
             cut.notes[:0] = self.pending
@@ -125,6 +135,55 @@ class Walk:
         else:
             self.pending.append(f"skipped {end - start} bytes: a {fmt} file without audio")
         return end
+
+    def _after_tags(self, p: int) -> int:
+        """Position after the known tags at `p` (ID3v2, ID3v1, APE, Lyrics3) if they run to the end, else p."""
+        q = p
+        while q < self.n and (size := tag_size(self.buf, q)) > 0:
+            q += size
+        return q if q == self.n else p
+
+    def _not_audio(self, start: int, body: int) -> int:
+        """Bytes at `body` that start no file: a cut-off start, junk before a confident resync (skipped with a
+        note), a few stray bytes after a complete WAV, or garbage (InvalidAudio)."""
+        if partial_start(self.buf, body):
+            return self._cut_short(start, "an incomplete frame or header")
+        q = resync(self.buf, body)
+        last = self.cuts[-1] if self.cuts else None
+        if q is not None:
+            self.skip(body, q, last, extend=False)
+            return q
+        if last is not None and last.fmt == "wav" and not last.truncated and self.n - body <= STRAY_TAIL:
+            self.skip(body, self.n, last, extend=False, what="after the WAV file")
+            return self.n
+        raise self.garbage(body)
+
+    def skip(self, a: int, b: int, cut: Cut | None, *, extend: bool = True, what: str = "") -> None:
+        """Leave buf[a:b] out (not audio, but audio resumes after it) with a note on `cut` (or on the next file
+        kept); raise InvalidAudio instead if the bytes read like an error body. `extend`: the gap is inside
+        `cut`'s stream (excised from its bytes), else between files."""
+        off = error_text(self.buf[a:b])
+        if off is not None:
+            raise self.garbage(a + off, b)
+        where = what or ("between the frames of one stream" if extend else "before the next file")
+        note = f"skipped {b - a} bytes that are not audio at bytes {a}-{b - 1} of the call ({where})"
+        if extend and cut is not None:
+            cut.skips.append((a, b))
+        if cut is not None:
+            cut.notes.append(note)
+        else:
+            self.pending.append(note)
+
+    def resume(self, fmt: str, cut: Cut, p: int) -> int | None:
+        """Where the frames of `cut`'s stream resume after bytes at `p` that are no frame header nor tag (the
+        gap is skipped, see `skip`); None if no frame of `fmt` confidently follows."""
+        if self.starts_file(p) or tag_size(self.buf, p) != 0:
+            return None
+        q = resync(self.buf, p)
+        if q is None or format_at(self.buf, q) != fmt:
+            return None
+        self.skip(p, q, cut)
+        return q
 
     def _cut_short(self, start: int, what: str) -> int:
         """The call ends with an incomplete file: report it on the previous file, or fail if there is none."""
@@ -141,7 +200,18 @@ class Walk:
         last.notes.append(f"dropped {dropped} bytes of {what} at the end of the call")
         return self.n
 
-    def garbage(self, pos: int) -> InvalidAudio:
+    def garbage(self, pos: int, end: int | None = None) -> InvalidAudio:
+        """The error for bytes that are not audio from `pos` to the end (or to `end`, where audio resumes)."""
+        if end is not None and end < self.n:
+            rest = self.buf[pos : min(end, pos + 4096)]
+            return InvalidAudio(
+                self.call,
+                f"the audio is interrupted by {end - pos} bytes that are not audio (bytes {pos}-{end - 1} of "
+                f"{self.n}) and read like an error reply: the provider probably stopped in the middle of the "
+                "text; they are rejected rather than skipped",
+                sniffed=sniff(rest),
+                preview=printable_preview(rest),
+            )
         body = text_tail(self.buf, max(0, pos - 4096), self.n)  # an error body whose start looked like a frame
         if body is not None and body < pos:
             pos = body

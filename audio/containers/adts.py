@@ -38,12 +38,19 @@ def walk(w: Walk, start: int, body: int) -> tuple[Cut, int]:
     assert first is not None
     cut = Cut("aac", start, body, first[1], first[2])
     p = body
-    while (frame := frame_header(buf, p)) is not None:
+    while p < n:
+        frame = frame_header(buf, p)
+        if frame is None:
+            resumed = w.resume("aac", cut, p) if p > body else None
+            if resumed is None:
+                break
+            p = resumed  # junk between frames, skipped (with a note) after a confident resync
+            continue
         length, rate, channels = frame
-        if rate != cut.sample_rate or channels != cut.channels:
-            break
         if p + length > n:
             return w.drop(cut, p, n)
         cut.audio = True
+        cut.rates.add(rate)  # a change of rate or layout without a new file header: the same stream goes on
+        cut.layouts.add(channels)
         p += length
     return trailing_tags(w, cut, p)

@@ -40,21 +40,34 @@ class Cut:
     head: bytes = b""
     tail: bytes = b""
     notes: list[str] = field(default_factory=list)
+    skips: list[tuple[int, int]] = field(default_factory=list)  # [a, b) ranges inside the file left out
+    rates: set[int] = field(default_factory=set)  # every sample rate of the frames (mp3/ADTS streams)
+    layouts: set[int] = field(default_factory=set)  # every channel count of the frames
 
     def to_audio_file(self, buf: bytes, call_index: int, file_index: int) -> AudioFile:
-        if self.head or self.tail:
-            data = b"".join((self.head, memoryview(buf)[self.start : self.end], self.tail))
+        view = memoryview(buf)
+        if self.skips:
+            pieces, p = [], self.start
+            for a, b in self.skips:
+                pieces.append(view[p:a])
+                p = b
+            pieces.append(view[p : self.end])
+            data = b"".join((self.head, *pieces, self.tail))
+        elif self.head or self.tail:
+            data = b"".join((self.head, view[self.start : self.end], self.tail))
         else:
             data = buf[self.start : self.end]  # the whole input is returned as is, without a copy
+        changes = len(self.rates) > 1 or len(self.layouts) > 1
         return AudioFile(
             data=data,
             fmt=self.fmt,
-            sample_rate=self.sample_rate,
-            channels=self.channels,
+            sample_rate=max(self.rates) if changes else self.sample_rate,
+            channels=max(self.layouts) if changes else self.channels,
             call_index=call_index,
             file_index=file_index,
             truncated=self.truncated,
             note="; ".join(self.notes),
+            reconfigures=changes,
         )
 
 

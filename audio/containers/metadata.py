@@ -5,6 +5,7 @@ They carry no speech: a walker keeps them with their file (mp3/ADTS) or skips th
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import TYPE_CHECKING
 
@@ -49,18 +50,63 @@ def ape_size(buf: bytes, p: int) -> int:
     return 32 + size  # size counts the items and the footer, not the header
 
 
+def ape_footer_tag_size(buf: bytes, p: int, limit: int = 1 << 20) -> int:
+    """Size of an APEv2 tag without header that starts at `p` (items, then the footer that says how long
+    they are: the usual layout); 0 if none."""
+    i = buf.find(b"APETAGEX", p, p + limit)
+    while i >= 0:
+        if i + 32 <= len(buf):
+            version, size, _items, flags = struct.unpack_from("<IIII", buf, i + 8)
+            if version in (1000, 2000) and not flags & 0x20000000 and i + 32 - size == p:
+                return size
+        i = buf.find(b"APETAGEX", i + 1, p + limit)
+    return 0
+
+
+_LYRICS_DIGITS = re.compile(rb"[0-9]{6}LYRICS200")
+
+
+def lyrics3_size(buf: bytes, p: int) -> int:
+    """Size of the Lyrics3 v1 (`LYRICSBEGIN` … `LYRICSEND`, ≤ 5100 bytes) or v2 (`LYRICSBEGIN` … six-digit size,
+    `LYRICS200`) tag at `p`; 0 if none or cut short."""
+    if not buf.startswith(b"LYRICSBEGIN", p):
+        return 0
+    for m in _LYRICS_DIGITS.finditer(buf, p + 11, p + 1_000_015):
+        if int(m[0][:6]) == m.start() - p:
+            return m.end() - p
+    end = buf.find(b"LYRICSEND", p + 11, p + 5100 + 9)
+    return end + 9 - p if end >= 0 else 0
+
+
+def tag_size(buf: bytes, p: int) -> int:
+    """Size of the trailing tag at `p` (ID3v1, APEv2 with or without header, Lyrics3 v1/v2, an appended ID3v2);
+    0 if none; -1 if one starts there but is cut short by the end."""
+    n = len(buf)
+    if buf.startswith(b"TAG", p):
+        return 128 if p + 128 <= n else -1
+    if buf.startswith(b"APETAGEX", p):
+        size = ape_size(buf, p)
+        return size if size and p + size <= n else (-1 if n - p < 64 or size else 0)
+    if buf.startswith(b"LYRICSBEGIN", p):
+        return lyrics3_size(buf, p) or -1
+    if buf.startswith(b"ID3", p):
+        size = id3v2_size(buf, p)
+        return size if size <= 0 or p + size <= n else -1
+    return ape_footer_tag_size(buf, p, min(n - p, 1 << 20))
+
+
 def trailing_tags(w: Walk, cut: Cut, p: int) -> tuple[Cut, int]:
-    """ID3v1 and APE tags at the end of an mp3/ADTS file belong to it."""
+    """ID3v1, APE and Lyrics3 tags at the end of an mp3/ADTS file belong to it (an ID3v2 tag there starts the
+    next file, or is kept with this one by the walk when nothing follows it)."""
     buf, n = w.buf, w.n
     cut.end = p
     while p < n:
-        if buf.startswith(b"TAG", p):
-            size = 128
-        elif buf.startswith(b"APETAGEX", p) and (size := ape_size(buf, p)):
-            pass
-        else:
+        if w.starts_file(p):
             break
-        if p + size > n:
+        size = tag_size(buf, p)
+        if size == 0:
+            break
+        if size < 0 or p + size > n:
             return w.drop(cut, p, n, "an incomplete tag")
         p += size
         cut.end = p

@@ -2,7 +2,10 @@
 
 A file is an optional ID3v2 tag, an optional Xing/Info/VBRI header frame, frames, optional trailing tags.
 Frames carry their own length, so the walk hops from header to header; a file ends at the next ID3v2 tag or
-header frame, at a change of sample rate or channel count, or after an ID3v1/APE trailer.
+header frame, or after an ID3v1/APE/Lyrics3 trailer. A change of sample rate or channel count without such a
+header is one stream to a decoder (ffmpeg's decoder follows it), so it stays one file: no pause, no seam in
+the middle of a sentence. Junk between frames is skipped only after a confident resync (audio.containers.
+resync), with a note.
 """
 
 from __future__ import annotations
@@ -76,13 +79,20 @@ def walk(w: Walk, start: int, body: int) -> tuple[Cut, int]:
             cooperate()  # a long call (MBs of frames) must not hold the gevent hub
         frame = frame_header(U32BE(buf, p)[0])
         if frame is None or not frame.length:
-            break
+            resumed = w.resume("mp3", cut, p) if p > body else None
+            if resumed is None:
+                break
+            p = resumed  # junk between frames, skipped (with a note) after a confident resync
+            continue
         vbr_header = buf.startswith(VBR_TAGS, p + frame.vbr_offset) or buf.startswith(b"VBRI", p + 36)
-        if p > body and (vbr_header or frame.rate != cut.sample_rate or frame.channels != cut.channels):
+        if p > body and vbr_header:
             break  # the next file starts here
         end = p + frame.length
         if end > n:
             return w.drop(cut, p, n)
-        cut.audio = cut.audio or not vbr_header
+        if not vbr_header:  # a change of rate or channels without a new header: the same stream goes on
+            cut.audio = True
+            cut.rates.add(frame.rate)
+            cut.layouts.add(frame.channels)
         p = end
     return trailing_tags(w, cut, p)
