@@ -23,10 +23,14 @@ class InvalidAudio(PipelineError):
     """What a TTS call returned is not (entirely) audio we can use.
 
     `call_index` is the 0-based request index, `sniffed` what the bytes looked like, `preview` the first
-    ~200 printable characters (a provider's JSON/HTML error body is usually the explanation).
+    ~200 printable characters (a provider's JSON/HTML error body is usually the explanation). `retryable` is
+    False when the answer is well-formed audio (or a link, a playlist, encoded text) in a form the pipeline
+    cannot use: the same request would get the same answer, so it is not asked again.
     """
 
-    def __init__(self, call_index: int | None, message: str, *, sniffed: str = "", preview: str = "") -> None:
+    def __init__(
+        self, call_index: int | None, message: str, *, sniffed: str = "", preview: str = "", retryable: bool = True
+    ) -> None:
         where = f"TTS call #{call_index + 1}" if call_index is not None else "audio"
         text = f"{where}: {message}"
         if sniffed:
@@ -37,6 +41,7 @@ class InvalidAudio(PipelineError):
         self.call_index = call_index
         self.sniffed = sniffed
         self.preview = preview
+        self.retryable = retryable  # False: a well-formed answer in a format we cannot use; asking again pays twice
 
 
 class SynthesisFailed(PipelineError):

@@ -33,7 +33,7 @@ from .containers import WALKERS
 from .containers.base import Cut, text_tail
 from .containers.metadata import after_id3v2, id3v2_size, tag_size
 from .containers.resync import error_text, resync
-from .containers.sniff import format_at, not_audio_message, partial_start, sniff, text_kind
+from .containers.sniff import UNUSABLE, format_at, not_audio_message, partial_start, sniff, text_kind
 from .errors import InvalidAudio, printable_preview
 from .model import AUDIO_FORMATS, AudioFile
 
@@ -55,7 +55,13 @@ def split_call(chunks: Iterable[bytes], call_index: int) -> list[AudioFile]:
     if kind not in AUDIO_FORMATS:
         start = resync(buf, 0) if kind in _JUNK else None
         if start is None:
-            raise InvalidAudio(call_index, not_audio_message(kind), sniffed=kind, preview=printable_preview(buf))
+            raise InvalidAudio(
+                call_index,
+                not_audio_message(kind),
+                sniffed=kind,
+                preview=printable_preview(buf),
+                retryable=kind not in UNUSABLE,
+            )
         walk.skip(0, start, None, extend=False, what="before the first file")
     cuts = walk.run(start)
     return [cut.to_audio_file(buf, call_index, i) for i, cut in enumerate(cuts)]
@@ -232,8 +238,9 @@ class Walk:
         cut.notes.append(f"dropped {end - at} bytes of {what}")
         return cut, end
 
-    def bad(self, fmt: str, message: str) -> InvalidAudio:
-        return InvalidAudio(self.call, message, sniffed=fmt)
+    def bad(self, fmt: str, message: str, *, unusable: bool = False) -> InvalidAudio:
+        """A file of `fmt` that cannot be used; `unusable`: well-formed, in a variant not supported (not retried)."""
+        return InvalidAudio(self.call, message, sniffed=fmt, retryable=not unusable)
 
     def starts_file(self, p: int) -> bool:
         return format_at(self.buf, p) is not None or id3v2_size(self.buf, p) != 0

@@ -65,7 +65,8 @@ def run(
     soon as the call is validated), so memory does not grow with the length of the text.
 
     Raises SynthesisFailed (provider errors, stalls) or InvalidAudio (non-audio answers) for the first
-    request that fails after `attempts` tries; InvalidInput from the engine (e.g. unknown voice) is not retried.
+    request that fails after `attempts` tries; InvalidInput from the engine (e.g. unknown voice) is not retried,
+    nor an answer in a format the pipeline cannot use (`InvalidAudio.retryable` False: MP4, a link...).
     """
     stats = stats if stats is not None else Stats()
     total = len(requests)
@@ -108,6 +109,8 @@ def run(
             except InvalidAudio as exc:
                 last_error = exc
                 log.warning("request #%d attempt %d: %s", req.index + 1, attempt, exc)
+                if not exc.retryable:
+                    break  # a well-formed answer in a format we cannot use: asking again pays for the same answer
                 continue
             except Exception as exc:
                 last_error = exc

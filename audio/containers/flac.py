@@ -141,7 +141,7 @@ def walk(w: Walk, start: int, body: int) -> tuple[Cut, int]:
         if info is None:
             info = streaminfo(buf[p + 4 : p + 38])
             if not info.rate:
-                raise w.bad("flac", "a FLAC STREAMINFO block has a sample rate of 0")
+                raise w.bad("flac", "a FLAC STREAMINFO block has a sample rate of 0", unusable=True)
         last = buf[p] & 0x80
         p += 4 + length
         if last:

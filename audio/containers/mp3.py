@@ -69,7 +69,7 @@ def walk(w: Walk, start: int, body: int) -> tuple[Cut, int]:
     first = frame_header(U32BE(buf, body)[0])
     assert first is not None  # starts() said so
     if not first.length:
-        raise w.bad("mp3", "free-format mp3 (no bitrate in the frame headers) is not supported")
+        raise w.bad("mp3", "free-format mp3 (no bitrate in the frame headers) is not supported", unusable=True)
     cut = Cut("mp3", start, body, first.rate, first.channels)
     p = body
     count = 0

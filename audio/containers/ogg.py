@@ -63,7 +63,7 @@ def _codec(w: Walk, packet: bytes) -> tuple[int, int]:
         info = streaminfo(packet[17:51])
         rate, channels = info.rate, info.channels
     else:
-        raise w.bad("ogg", "an Ogg stream's codec is not supported (expected Opus, Vorbis or FLAC)")
+        raise w.bad("ogg", "an Ogg stream's codec is not supported (expected Opus, Vorbis or FLAC)", unusable=True)
     if not rate or not channels:
-        raise w.bad("ogg", f"an Ogg stream header is invalid: {channels} channel(s), {rate} Hz")
+        raise w.bad("ogg", f"an Ogg stream header is invalid: {channels} channel(s), {rate} Hz", unusable=True)
     return rate, channels

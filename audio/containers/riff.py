@@ -93,10 +93,10 @@ def walk(w: Walk, start: int, body: int) -> tuple[Cut, int]:
         cut.notes.append(f"dropped {rem} bytes of a partial final sample frame")
         usable -= rem
     if usable > 0xFFFFFFFF - 256:
-        raise w.bad("wav", "a WAV file is larger than 4 GiB")
+        raise w.bad("wav", "a WAV file is larger than 4 GiB", unusable=True)
     cut.end = data_start + usable
     cut.audio = usable > 0
-    cut.head = header(fmt_body, usable)
+    cut.head = header(_canonical_fmt(fmt_body), usable)
     cut.tail = b"\0" * (usable & 1)
     p = data_end
     if exact:
@@ -107,24 +107,44 @@ def walk(w: Walk, start: int, body: int) -> tuple[Cut, int]:
 
 
 def _format(w: Walk, fmt: bytes) -> tuple[int, int, int]:
-    """(sample rate, channels, block align) from a fmt chunk; InvalidAudio if unsupported."""
+    """(sample rate, channels, block align) from a fmt chunk; InvalidAudio if unsupported.
+
+    PCM may have any depth from 1 to 32 bits: RIFF stores it left-justified in whole bytes (12 bits in 16,
+    20 in 24), which is how it is then read; `canonical_fmt` writes the container depth."""
     if len(fmt) < 16:
         raise w.bad("wav", "a WAV fmt chunk is too short")
     tag, channels, rate, _byte_rate, align, bits = struct.unpack_from("<HHIIHH", fmt)
     codec = tag
     if tag == 0xFFFE:  # WAVE_FORMAT_EXTENSIBLE: the codec is the first field of the sub-format GUID
         if len(fmt) < 40 or fmt[26:40] != _KSDATAFORMAT_TAIL:
-            raise w.bad("wav", "a WAVE_FORMAT_EXTENSIBLE header has an unknown sub-format")
+            raise w.bad("wav", "a WAVE_FORMAT_EXTENSIBLE header has an unknown sub-format", unusable=True)
         codec = U16LE(fmt, 24)[0]
     if codec not in _CODECS:
-        raise w.bad("wav", f"WAV audio with codec 0x{codec:04x} is not supported (use PCM 8/16/24/32-bit or float)")
-    if bits not in _CODECS[codec] or not channels or not rate:
-        raise w.bad("wav", f"a WAV header is invalid: {channels} channel(s), {rate} Hz, {bits} bits")
-    if align != channels * bits // 8:
         raise w.bad(
-            "wav", f"a WAV header is inconsistent: block align {align} for {channels} channel(s) of {bits} bits"
+            "wav",
+            f"WAV audio with codec 0x{codec:04x} is not supported (use PCM 8/16/24/32-bit or float)",
+            unusable=True,
+        )
+    container = -(-bits // 8) * 8 if codec == 1 and 0 < bits <= 32 else bits  # 12-bit samples in 16-bit words
+    if container not in _CODECS[codec] or not channels or not rate:
+        raise w.bad("wav", f"a WAV header is invalid: {channels} channel(s), {rate} Hz, {bits} bits", unusable=True)
+    if align != channels * container // 8:
+        raise w.bad(
+            "wav",
+            f"a WAV header is inconsistent: block align {align} for {channels} channel(s) of {bits} bits",
+            unusable=True,
         )
     return rate, channels, align
+
+
+def _canonical_fmt(fmt: bytes) -> bytes:
+    """The fmt chunk with bits per sample rounded up to the container (whole bytes), so that every reader
+    takes 12-bit samples in 16-bit words as 16-bit samples; a WAVE_FORMAT_EXTENSIBLE header keeps its count
+    of valid bits."""
+    bits = U16LE(fmt, 14)[0]
+    if not bits % 8:
+        return fmt
+    return fmt[:14] + struct.pack("<H", -(-bits // 8) * 8) + fmt[16:]
 
 
 def _next_wav(buf: bytes, a: int, b: int) -> int:

@@ -82,6 +82,13 @@ _NOT_AUDIO = {
 }
 
 
+# Kinds of answers that are well-formed but unusable (not retried), unlike error bodies, empty or cut-off ones.
+UNUSABLE = frozenset(
+    {"mp4", "webm", "RIFF file (not WAVE)", "HLS playlist", "ffconcat list", "URL"}
+    | {f"{enc}-encoded {fmt}" for enc in ("hex", "base64") for fmt in AUDIO_FORMATS}
+)
+
+
 def not_audio_message(kind: str) -> str:
     if kind in _NOT_AUDIO:
         return _NOT_AUDIO[kind]
