@@ -121,12 +121,12 @@ class Walk:
         if body < 0:
             return self._cut_short(start, "an incomplete ID3v2 tag")
         if body < n and format_at(buf, body) is None:
-            body = self._after_tags(body)  # an appended ID3v2 tag, then ID3v1/APE/Lyrics3: tags of the last file
+            after = self._after_tags(body)  # an appended ID3v2 tag, then ID3v1/APE/Lyrics3: no speech in them
+            if after == n or (after > body and self.starts_file(after)):
+                body = start = after
         if body == n:  # only tags left
-            last = self.cuts[-1] if self.cuts else None
-            if last is not None and last.fmt in ("mp3", "aac") and last.end == start:
-                last.end = n  # tags appended to the end of the last file
-                return n
+            if self.cuts:
+                return n  # tags appended after the last file: left out
             return self._cut_short(start, "an ID3v2 tag without audio after it")
         fmt = format_at(buf, body)
         if fmt is None:
@@ -143,11 +143,10 @@ class Walk:
         return end
 
     def _after_tags(self, p: int) -> int:
-        """Position after the known tags at `p` (ID3v2, ID3v1, APE, Lyrics3) if they run to the end, else p."""
-        q = p
-        while q < self.n and (size := tag_size(self.buf, q)) > 0:
-            q += size
-        return q if q == self.n else p
+        """Position after the complete known tags at `p` (ID3v2, ID3v1, APE, Lyrics3)."""
+        while p < self.n and (size := tag_size(self.buf, p)) > 0:
+            p += size
+        return p
 
     def _not_audio(self, start: int, body: int) -> int:
         """Bytes at `body` that start no file: a cut-off start, junk before a confident resync (skipped with a

@@ -96,8 +96,9 @@ def tag_size(buf: bytes, p: int) -> int:
 
 
 def trailing_tags(w: Walk, cut: Cut, p: int) -> tuple[Cut, int]:
-    """ID3v1, APE and Lyrics3 tags at the end of an mp3/ADTS file belong to it (an ID3v2 tag there starts the
-    next file, or is kept with this one by the walk when nothing follows it)."""
+    """Skip the ID3v1, APE and Lyrics3 tags after an mp3/ADTS file's last frame: they carry no speech and are
+    left out of the file (ffmpeg's decoder reports "Header missing" on a footer-only APE tag, Lyrics3 and an
+    appended ID3v2 tag). An ID3v2 tag there starts the next file, or is skipped by the walk at the end."""
     buf, n = w.buf, w.n
     cut.end = p
     while p < n:
@@ -109,5 +110,4 @@ def trailing_tags(w: Walk, cut: Cut, p: int) -> tuple[Cut, int]:
         if size < 0 or p + size > n:
             return w.drop(cut, p, n, "an incomplete tag")
         p += size
-        cut.end = p
     return cut, p
