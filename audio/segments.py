@@ -159,15 +159,17 @@ class Walk:
             self.skip(body, q, last, extend=False)
             return q
         if last is not None and last.fmt == "wav" and not last.truncated and self.n - body <= STRAY_TAIL:
-            self.skip(body, self.n, last, extend=False, what="after the WAV file")
+            self.skip(body, self.n, last, extend=False, what="after the WAV file", text_is_error=False)
             return self.n
         raise self.garbage(body)
 
-    def skip(self, a: int, b: int, cut: Cut | None, *, extend: bool = True, what: str = "") -> None:
+    def skip(
+        self, a: int, b: int, cut: Cut | None, *, extend: bool = True, what: str = "", text_is_error: bool = True
+    ) -> None:
         """Leave buf[a:b] out (not audio, but audio resumes after it) with a note on `cut` (or on the next file
-        kept); raise InvalidAudio instead if the bytes read like an error body. `extend`: the gap is inside
-        `cut`'s stream (excised from its bytes), else between files."""
-        off = error_text(self.buf[a:b])
+        kept); raise InvalidAudio instead if the bytes read like an error body (see `error_text`). `extend`:
+        the gap is inside `cut`'s stream (excised from its bytes), else between files."""
+        off = error_text(self.buf[a:b], text_is_error=text_is_error)
         if off is not None:
             raise self.garbage(a + off, b)
         where = what or ("between the frames of one stream" if extend else "before the next file")

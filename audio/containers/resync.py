@@ -15,6 +15,7 @@ import re
 from . import adts, mp3, riff
 from .base import U32BE
 from .metadata import after_id3v2, id3v2_size
+from .sniff import text_kind
 
 RESYNC_FRAMES = 4  # consecutive frames with the same parameters that make a resync confident
 MAX_GAP = 1 << 20  # bytes searched for a resync point
@@ -23,6 +24,7 @@ _TAGS = (b"TAG", b"APETAGEX", b"LYRICSBEGIN", b"ID3")
 _CANDIDATE = re.compile(rb"(?=\xff[\xe0-\xff]|ID3|RIFF|RF64|OggS|fLaC)")
 _JSON_OBJECT = re.compile(rb'\{\s*"[^"\x00-\x1f]{1,64}"\s*:')
 _MARKUP = re.compile(rb"<!doctype html|<html|<\?xml|<head>|<body|<title>", re.IGNORECASE)
+_TAG_LEFTOVER = re.compile(rb"APETAGEX|LYRICSBEGIN|LYRICS200|LYRICSEND")
 _TEXT_RUN = re.compile(rb"[\x20-\x7e\t\r\n]{8,}")
 _ERROR_WORDS = re.compile(
     rb"error|exceed|quota|limit|denied|invalid|unauthori[sz]ed|forbidden|fail|timed? ?out|unavailable|"
@@ -93,9 +95,12 @@ def _frame(buf: bytes, p: int) -> tuple[int, str, int, int] | None:
     return (a[0], "aac", a[1], a[2]) if a is not None else None
 
 
-def error_text(data: bytes) -> int | None:
+def error_text(data: bytes, *, text_is_error: bool = True) -> int | None:
     """Where something in `data` reads like a provider's error rather than leftover bytes: a JSON object, an
-    HTML/XML document, or a run of text with an error word in it ("quota exceeded"); None if nothing does."""
+    HTML/XML document, a run of text with an error word in it ("quota exceeded"), or (`text_is_error`) bytes
+    that are text altogether, unless a tag's leftovers (APE, Lyrics3); None if nothing does."""
+    if text_is_error and text_kind(data) not in (None, "blank text") and not _TAG_LEFTOVER.search(data):
+        return 0
     found = [m.start() for m in (_JSON_OBJECT.search(data), _MARKUP.search(data)) if m is not None]
     for m in _TEXT_RUN.finditer(data):
         if _ERROR_WORDS.search(m[0]):
