@@ -9,18 +9,23 @@ and returns every complete file on its own, to be decoded separately with the fo
 The containers themselves are read by audio/containers/ (one module per format, `sniff` picks one); this
 module joins the chunks and runs the walk from file to file.
 
-Rules the walk follows:
+Rules the walk follows (forgiving with containers, strict with content):
 - A file may start with ID3v2 tags (kept with an mp3/ADTS file, dropped before other formats). After a
-  file's first frame everything must be frames or trailing tags (ID3v1, APE) of that file, the start of the
-  next file (any supported format), or a partial final frame: a valid header whose frame runs past the end
-  of the call (dropped, the file is marked `truncated` with a note). Anything else (an error body after the
-  audio, random bytes) raises InvalidAudio: data is never cut off silently.
-- mp3 files end at an ID3v2 tag, a Xing/Info/VBRI header frame, a change of sample rate or channel count, or
-  after an ID3v1/APE trailer. Frames of one stream without such markers stay one file. ADTS the same
-  (without Xing). WAV files end where their data chunk says, or, for streamed sizes, at the next
-  `RIFF....WAVE` or the end; each WAV gets a rewritten header with exact sizes. Ogg files end at a BOS page
-  after data pages (chained streams). FLAC files end at the next `fLaC`+STREAMINFO; the last frame is
-  checked with its CRC-16.
+  file's first frame everything must be frames or trailing tags (ID3v1, APE, Lyrics3, an appended ID3v2:
+  left out of the file), the start of the next file (any supported format), or a partial final frame: a
+  valid header whose frame runs past the end of the call (dropped, the file is marked `truncated` with a
+  note).
+- Other bytes (junk before the first frame, between frames, between files) are skipped only where audio
+  confidently resumes after them (containers.resync: several consistent frame headers or a new file
+  header), with a note naming their size and position; a few stray bytes after a complete WAV too. Bytes
+  that read like an error reply (JSON, HTML/XML, text) and bytes after which no audio resumes raise
+  InvalidAudio: data is never cut off silently.
+- mp3 files end at an ID3v2 tag, a Xing/Info/VBRI header frame, or after a trailing tag. Frames of one
+  stream without such markers stay one file, even across a change of sample rate or channel count (one
+  stream to a decoder; `AudioFile.reconfigures`). ADTS the same (without Xing). WAV files end where their
+  data chunk says, or, for streamed sizes, at the next `RIFF....WAVE` or the end; each WAV gets a rewritten
+  header with exact sizes. Ogg files end at a BOS page after data pages (chained streams). FLAC files end
+  at the next `fLaC`+STREAMINFO; the last frame is checked with its CRC-16.
 - Sizes read from headers are never trusted beyond the bytes that arrived; every loop moves forward.
 - Work is linear: one join, forward walks and C-level searches. The files are one more copy of the input.
 """
@@ -39,6 +44,7 @@ from .model import AUDIO_FORMATS, AudioFile
 
 __all__ = ["Walk", "sniff", "split_call"]
 
+MAX_GAP_NOTES = 3  # gaps reported one by one in a call; the rest in one summary note
 STRAY_TAIL = 1024  # bytes after a complete WAV file accepted as stray metadata (if they read like no error)
 
 
@@ -97,7 +103,12 @@ class Walk:
         self.n = len(buf)
         self.call = call_index
         self.cuts: list[Cut] = []
-        self.pending: list[str] = []  # notes about skipped empty files, for the next file kept
+        self.pending: list[str] = []
+        self.gaps = 0  # gaps skipped (see `skip`)
+        self.more_gaps = (
+            0,
+            0,
+        )  # (count, bytes) of the gaps beyond MAX_GAP_NOTES  # notes about skipped empty files, for the next file kept
 
     def run(self, pos: int = 0) -> list[Cut]:
         while pos < self.n:
@@ -110,6 +121,9 @@ class Walk:
                 preview=printable_preview(self.buf),
             )
         self.cuts[-1].notes.extend(self.pending)
+        if self.more_gaps[0]:
+            count, size = self.more_gaps
+            self.cuts[-1].notes.append(f"skipped {size} bytes that are not audio in {count} more gaps")
         return self.cuts
 
     # -- dispatch and errors ------------------------------------------------------------------------------
@@ -172,10 +186,14 @@ class Walk:
         off = error_text(self.buf[a:b], text_is_error=text_is_error)
         if off is not None:
             raise self.garbage(a + off, b)
-        where = what or ("between the frames of one stream" if extend else "before the next file")
-        note = f"skipped {b - a} bytes that are not audio at bytes {a}-{b - 1} of the call ({where})"
         if extend and cut is not None:
             cut.skips.append((a, b))
+        self.gaps += 1
+        if self.gaps > MAX_GAP_NOTES:  # the warnings stay readable: further gaps are counted in one note
+            self.more_gaps = (self.more_gaps[0] + 1, self.more_gaps[1] + b - a)
+            return
+        where = what or ("between the frames of one stream" if extend else "before the next file")
+        note = f"skipped {b - a} bytes that are not audio at bytes {a}-{b - 1} of the call ({where})"
         if cut is not None:
             cut.notes.append(note)
         else:

@@ -14,7 +14,6 @@ import random
 import re
 import struct
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +113,18 @@ def test_junk_between_frames_is_left_out_of_the_file_with_a_warning(deliver):
         f"skipped 400 bytes that are not audio at bytes {at}-{at + 399} of the call (between the frames of one stream)"
     )
     assert_decodes_to(out, [clean_pcm(clean)])
+
+
+def test_many_gaps_are_all_left_out_and_summarised_in_one_warning():
+    clean = gen.mp3(12.0, xing=False)
+    frames = mpeg_frames(clean)
+    cuts = [frames[k][0] for k in range(10, len(frames), 10)]
+    data = b"".join(clean[a:b] + b"\x00\x01\x02" for a, b in zip([0, *cuts], cuts, strict=False)) + clean[cuts[-1] :]
+    (out,) = split_call(gen.slices(data, 1024), 0)
+    assert out.data == clean
+    notes = out.note.split("; ")
+    more = len(cuts) - 3
+    assert len(notes) == 4 and notes[-1] == f"skipped {3 * more} bytes that are not audio in {more} more gaps"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -350,7 +361,6 @@ def damaged_calls(draw):
 @given(call=damaged_calls())
 def test_property_cut_and_junked_streams_keep_every_intact_sentence_or_fail_clearly(call):
     data, chunks, intact, junk_bytes = call
-    start = time.perf_counter()
     try:
         files = split_call(chunks, 0)
     except InvalidAudio as e:
@@ -364,7 +374,6 @@ def test_property_cut_and_junked_streams_keep_every_intact_sentence_or_fail_clea
         accounted = sum(int(m) for f in files for m in _ACCOUNTED.findall(f.note))
         assert sum(len(f.data) for f in files) + accounted == len(data)
         assert junk_bytes == 0 or any(f.note for f in files)
-    assert time.perf_counter() - start < 2.0  # never a hang
 
 
 def syncsafe_len(data: bytes) -> int:

@@ -50,9 +50,15 @@ def ape_size(buf: bytes, p: int) -> int:
     return 32 + size  # size counts the items and the footer, not the header
 
 
+_APE_ITEM = re.compile(rb"[\x00-\xff]{4}[\x00-\x07]\x00\x00\x00[\x20-\x7e]{2,255}\x00", re.DOTALL)
+
+
 def ape_footer_tag_size(buf: bytes, p: int, limit: int = 1 << 20) -> int:
     """Size of an APEv2 tag without header that starts at `p` (items, then the footer that says how long
-    they are: the usual layout); 0 if none."""
+    they are: the usual layout); 0 if none. The footer is searched only when an APE item starts at `p`
+    (value size, flags, ASCII key, NUL), so that junk costs no search."""
+    if not _APE_ITEM.match(buf, p):
+        return 0
     i = buf.find(b"APETAGEX", p, p + limit)
     while i >= 0:
         if i + 32 <= len(buf):
