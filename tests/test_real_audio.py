@@ -207,6 +207,16 @@ def test_a_rate_change_without_a_header_is_one_file_decoded_as_ffmpeg_does(deliv
         assert dec.frames >= len(clean_pcm(a, rate=rate)) + 0.95 * rate  # both halves are there
 
 
+def test_an_adts_stream_changing_rate_and_layout_is_one_file_of_the_right_length(deliver, tmp_path):
+    data = gen.adts(0.7) + gen.adts(0.7, 16000, 2, freq=300) + gen.adts(0.5, 22050, 1, freq=500)
+    (out,) = split_call(deliver(data), 0)
+    assert out.data == data and out.reconfigures and (out.sample_rate, out.channels) == (24000, 2)
+    heard, errors = ffmpeg_reads(data, "aac", 24000)
+    assert not errors
+    (dec,) = decode.decode_all([out], tmp_path, sample_rate=24000, channels=1, max_seconds_per_file=60)
+    assert abs(dec.frames - len(heard)) <= 0.005 * 24000
+
+
 def test_the_rate_change_reaches_the_programme_without_a_pause_and_junk_with_a_warning(tmp_path):
     a, _, data = rate_switch()
     frames = mpeg_frames(a)
@@ -283,6 +293,31 @@ def test_a_complete_riff_with_stray_bytes_or_a_size_off_by_a_few(stray, riff_del
     got, errors = ffmpeg_reads(out.data, "wav", 16000)
     assert not errors
     np.testing.assert_array_equal(got, expected)
+
+
+def riff_chunk(cid: bytes, body: bytes) -> bytes:
+    return cid + struct.pack("<I", len(body)) + body + b"\0" * (len(body) & 1)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        [riff_chunk(b"LIST", b"INFOISFT" + struct.pack("<I", 14) + b"Lavf58.76.100\0")],
+        [riff_chunk(b"id3 ", id3v2(False))],
+        [riff_chunk(b"LIST", b"INFOINAM" + struct.pack("<I", 5) + b"hello\0"), riff_chunk(b"id3 ", id3v2(True))],
+    ],
+)
+def test_riff_chunks_after_the_samples_are_accepted_silently(after, deliver):
+    original = gen.wav(0.5, 16000)
+    data = bytearray(original + b"".join(after))
+    data[4:8] = struct.pack("<I", len(data) - 8)
+    heard, errors = ffmpeg_reads(bytes(data), "wav", 16000)
+    assert not errors
+    (out,) = split_call(deliver(bytes(data)), 0)
+    assert not out.note and not out.truncated
+    got, errors = ffmpeg_reads(out.data, "wav", 16000)
+    assert not errors
+    np.testing.assert_array_equal(got, heard)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -78,6 +78,9 @@ _NOT_AUDIO = {
         "the provider returned WebM/Matroska audio, which is not supported; configure it for mp3, wav, ogg, flac "
         "or aac (ADTS)"
     ),
+    "RIFF file (not WAVE)": (
+        "the provider returned a RIFF file that is not WAVE audio; configure it for mp3, wav, ogg, flac or aac (ADTS)"
+    ),
     "ID3 tag without audio": "the provider returned an ID3 tag but no audio frames (the audio was cut short)",
 }
 
@@ -99,7 +102,8 @@ def not_audio_message(kind: str) -> str:
         )
     return (
         "the provider returned data that is not audio in a supported format (mp3, wav, ogg opus/vorbis, flac, "
-        "aac ADTS); raw PCM without a header cannot be used, configure the provider for one of these formats"
+        "aac ADTS): no file header and no run of consistent frame headers anywhere in its first MiB (raw PCM, "
+        "for one, has neither); configure the provider for one of these formats"
     )
 
 
