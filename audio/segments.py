@@ -170,7 +170,7 @@ class Walk:
         q = resync(self.buf, body)
         last = self.cuts[-1] if self.cuts else None
         if q is not None:
-            self.skip(body, q, last, extend=False)
+            self.skip(start, q, last, extend=False)  # with the ID3v2 tag at `start` if there is one
             return q
         if last is not None and last.fmt == "wav" and not last.truncated and self.n - body <= STRAY_TAIL:
             self.skip(body, self.n, last, extend=False, what="after the WAV file", text_is_error=False)
@@ -178,14 +178,24 @@ class Walk:
         raise self.garbage(body)
 
     def skip(
-        self, a: int, b: int, cut: Cut | None, *, extend: bool = True, what: str = "", text_is_error: bool = True
+        self,
+        a: int,
+        b: int,
+        cut: Cut | None,
+        *,
+        extend: bool = True,
+        what: str = "",
+        text_is_error: bool = True,
+        note: str = "",
     ) -> None:
         """Leave buf[a:b] out (not audio, but audio resumes after it) with a note on `cut` (or on the next file
         kept); raise InvalidAudio instead if the bytes read like an error body (see `error_text`). `extend`:
         the gap is inside `cut`'s stream (excised from its bytes), else between files."""
-        off = error_text(self.buf[a:b], text_is_error=text_is_error)
+        check = after_id3v2(self.buf, a) if id3v2_size(self.buf, a) > 0 else a  # an ID3v2 tag is no error text
+        check = check if a <= check <= b else a
+        off = error_text(self.buf[check:b], text_is_error=text_is_error)
         if off is not None:
-            raise self.garbage(a + off, b)
+            raise self.garbage(check + off, b)
         if extend and cut is not None:
             cut.skips.append((a, b))
         self.gaps += 1
@@ -193,22 +203,43 @@ class Walk:
             self.more_gaps = (self.more_gaps[0] + 1, self.more_gaps[1] + b - a)
             return
         where = what or ("between the frames of one stream" if extend else "before the next file")
-        note = f"skipped {b - a} bytes that are not audio at bytes {a}-{b - 1} of the call ({where})"
+        note = note or f"skipped {b - a} bytes that are not audio at bytes {a}-{b - 1} of the call ({where})"
         if cut is not None:
             cut.notes.append(note)
         else:
             self.pending.append(note)
 
-    def resume(self, fmt: str, cut: Cut, p: int) -> int | None:
-        """Where the frames of `cut`'s stream resume after bytes at `p` that are no frame header nor tag (the
-        gap is skipped, see `skip`); None if no frame of `fmt` confidently follows."""
+    def resume(self, fmt: str, cut: Cut, last: int, p: int) -> tuple[int, bool] | None:
+        """Where audio resumes after the bytes at `p` that are no frame header nor tag, the last frame having
+        started at `last`: (position, whether it is `cut`'s stream going on), the gap skipped (see `skip`).
+        None if no frame of `fmt` confidently follows (the walk then ends the file at `p`).
+
+        The search starts inside the last frame: a confident start there means that frame was cut off (a
+        stream cut at an arbitrary byte, then the next file or more of the stream); it is dropped with a note
+        instead of swallowing the start of what follows."""
         if self.starts_file(p) or tag_size(self.buf, p) != 0:
             return None
-        q = resync(self.buf, p)
-        if q is None or format_at(self.buf, q) != fmt:
+        q = resync(self.buf, last + 4)
+        if q is None:
             return None
-        self.skip(p, q, cut)
-        return q
+        same = format_at(self.buf, q) == fmt
+        if q >= p:
+            if not same:
+                return None  # junk before the next file: left to `_not_audio`
+            self.skip(p, q, cut)
+            return q, True
+        self.skip(
+            last,
+            q,
+            cut,
+            extend=same,
+            note=f"dropped {q - last} bytes of a frame cut off at byte {q} of the call by "
+            + ("more frames of the stream" if same else "the next file"),
+        )
+        cut.truncated = True
+        if not same:
+            cut.end = last
+        return q, same
 
     def _cut_short(self, start: int, what: str) -> int:
         """The call ends with an incomplete file: report it on the previous file, or fail if there is none."""

@@ -10,6 +10,7 @@ like a provider's error, the pipeline must fail quoting them.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import struct
@@ -373,29 +374,35 @@ _TAG_MAGIC = (b"ID3", b"TAG", b"APETAGEX", b"LYRICSBEGIN", b"RIFF", b"RF64", b"O
 
 @st.composite
 def damaged_calls(draw):
-    """Sentence files joined, junk inserted at random byte positions (never a known tag or header)."""
+    """Sentence files joined, then damaged at random byte positions: junk inserted (never a known tag or
+    header), byte ranges cut out, the end cut off."""
     picks = draw(st.lists(st.integers(0, len(SENTENCES) - 1), min_size=2, max_size=4))
     data = b"".join(SENTENCES[i] for i in picks)
-    bounds = list(np.cumsum([0] + [len(SENTENCES[i]) for i in picks]))
-    inserts = draw(st.lists(st.tuples(st.integers(0, len(data)), st.binary(min_size=1, max_size=300)), max_size=3))
-    for _, junk in inserts:
+    bounds = [0, *itertools.accumulate(len(SENTENCES[i]) for i in picks)]
+    insert = st.tuples(st.integers(0, len(data)), st.binary(min_size=1, max_size=300), st.just(0))
+    delete = st.tuples(st.integers(0, len(data) - 1), st.just(b""), st.integers(1, 2000))
+    ops = draw(st.lists(st.one_of(insert, insert, delete), max_size=3))
+    for _, junk, _ in ops:
         assume(not junk.startswith(_TAG_MAGIC))
     out, damaged, last = b"", set(), 0
-    for pos, junk in sorted(inserts):
+    for pos, junk, cut in sorted(ops):
+        if pos < last:
+            continue  # inside a range already cut out
+        end = min(pos + cut, len(data))
         out += data[last:pos] + junk
-        last = pos
-        damaged.update(k for k in range(len(picks)) if bounds[k] < pos < bounds[k + 1])
+        last = end
+        damaged.update(k for k in range(len(picks)) if bounds[k] < max(pos, end) and min(pos, end) < bounds[k + 1])
     out += data[last:]
     intact = [SENTENCES[picks[k]] for k in range(len(picks)) if k not in damaged]
     cuts = sorted(draw(st.lists(st.integers(0, len(out)), max_size=12)))
     chunks = [out[a:b] for a, b in zip([0, *cuts], [*cuts, len(out)], strict=True)]
-    return out, chunks, intact, sum(len(j) for _, j in inserts)
+    return out, chunks, intact
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(call=damaged_calls())
 def test_property_cut_and_junked_streams_keep_every_intact_sentence_or_fail_clearly(call):
-    data, chunks, intact, junk_bytes = call
+    data, chunks, intact = call
     try:
         files = split_call(chunks, 0)
     except InvalidAudio as e:
@@ -408,7 +415,6 @@ def test_property_cut_and_junked_streams_keep_every_intact_sentence_or_fail_clea
         # nothing is lost silently: every byte is in a file or in a warning that says how many were dropped
         accounted = sum(int(m) for f in files for m in _ACCOUNTED.findall(f.note))
         assert sum(len(f.data) for f in files) + accounted == len(data)
-        assert junk_bytes == 0 or any(f.note for f in files)
 
 
 def syncsafe_len(data: bytes) -> int:

@@ -37,18 +37,23 @@ def walk(w: Walk, start: int, body: int) -> tuple[Cut, int]:
     first = frame_header(buf, body)
     assert first is not None
     cut = Cut("aac", start, body, first[1], first[2])
-    p = body
+    p = last = body
+    audio_before_last = False  # cut.audio before the last frame (if that frame is dropped)
     while p < n:
         frame = frame_header(buf, p)
         if frame is None:
-            resumed = w.resume("aac", cut, p) if p > body else None
+            resumed = w.resume("aac", cut, last, p) if p > body else None
             if resumed is None:
                 break
-            p = resumed  # junk between frames, skipped (with a note) after a confident resync
+            p, same = resumed  # junk skipped (with a note) after a confident resync
+            if not same:
+                cut.audio = audio_before_last
+                return cut, p  # the last frame was cut off by the next file
             continue
         length, rate, channels = frame
         if p + length > n:
             return w.drop(cut, p, n)
+        last, audio_before_last = p, cut.audio
         cut.audio = True
         cut.rates.add(rate)  # a change of rate or layout without a new file header: the same stream goes on
         cut.layouts.add(channels)

@@ -71,7 +71,8 @@ def walk(w: Walk, start: int, body: int) -> tuple[Cut, int]:
     if not first.length:
         raise w.bad("mp3", "free-format mp3 (no bitrate in the frame headers) is not supported", unusable=True)
     cut = Cut("mp3", start, body, first.rate, first.channels)
-    p = body
+    p = last = body
+    audio_before_last = False  # cut.audio before the last frame (if that frame is dropped)
     count = 0
     while p + 4 <= n:
         count += 1
@@ -79,10 +80,13 @@ def walk(w: Walk, start: int, body: int) -> tuple[Cut, int]:
             cooperate()  # a long call (MBs of frames) must not hold the gevent hub
         frame = frame_header(U32BE(buf, p)[0])
         if frame is None or not frame.length:
-            resumed = w.resume("mp3", cut, p) if p > body else None
+            resumed = w.resume("mp3", cut, last, p) if p > body else None
             if resumed is None:
                 break
-            p = resumed  # junk between frames, skipped (with a note) after a confident resync
+            p, same = resumed  # junk skipped (with a note) after a confident resync
+            if not same:
+                cut.audio = audio_before_last
+                return cut, p  # the last frame was cut off by the next file
             continue
         vbr_header = buf.startswith(VBR_TAGS, p + frame.vbr_offset) or buf.startswith(b"VBRI", p + 36)
         if p > body and vbr_header:
@@ -90,6 +94,7 @@ def walk(w: Walk, start: int, body: int) -> tuple[Cut, int]:
         end = p + frame.length
         if end > n:
             return w.drop(cut, p, n)
+        last, audio_before_last = p, cut.audio
         if not vbr_header:  # a change of rate or channels without a new header: the same stream goes on
             cut.audio = True
             cut.rates.add(frame.rate)
