@@ -103,12 +103,9 @@ class Walk:
         self.n = len(buf)
         self.call = call_index
         self.cuts: list[Cut] = []
-        self.pending: list[str] = []
+        self.pending: list[str] = []  # notes about skipped bytes and empty files, for the next file kept
         self.gaps = 0  # gaps skipped (see `skip`)
-        self.more_gaps = (
-            0,
-            0,
-        )  # (count, bytes) of the gaps beyond MAX_GAP_NOTES  # notes about skipped empty files, for the next file kept
+        self.more_gaps = (0, 0)  # (count, bytes) of the gaps beyond MAX_GAP_NOTES
 
     def run(self, pos: int = 0) -> list[Cut]:
         while pos < self.n:
@@ -173,7 +170,7 @@ class Walk:
             self.skip(start, q, last, extend=False)  # with the ID3v2 tag at `start` if there is one
             return q
         if last is not None and last.fmt == "wav" and not last.truncated and self.n - body <= STRAY_TAIL:
-            self.skip(body, self.n, last, extend=False, what="after the WAV file", text_is_error=False)
+            self.skip(start, self.n, last, extend=False, what="after the WAV file", text_is_error=False)
             return self.n
         raise self.garbage(body)
 
