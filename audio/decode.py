@@ -82,7 +82,7 @@ def decode_all(
         for pos in batch:
             args += ffmpeg.input_args(inputs[pos], files[pos].fmt)
         for k, pos in enumerate(batch):
-            args += _output_args(k, outputs[pos], sample_rate, channels, max_seconds_per_file)
+            args += _output_args(k, outputs[pos], sample_rate, channels, max_seconds_per_file, files[pos].reconfigures)
         timeout = 60 + 2 * sum(files[p].size for p in batch) / 4000  # generous: ~2 s per 4 kB/s·s
         res = ffmpeg.run(args, what="decoding the TTS audio", check=False, timeout=timeout)
         if res.stderr.strip() or any(not outputs[p].exists() for p in batch):
@@ -129,11 +129,18 @@ def _batches(count: int, workers: int) -> list[list[int]]:
     return [list(range(a, b)) for a, b in pairwise(bounds)]
 
 
-def _output_args(k: int, out: Path, rate: int, channels: int, max_seconds: float) -> list[str]:
+def _output_args(
+    k: int, out: Path, rate: int, channels: int, max_seconds: float, reconfigures: bool = False
+) -> list[str]:
+    """Output `k`: float32 at `rate`/`channels`. A stream whose rate or layout changes mid-way makes ffmpeg
+    rebuild the filter graph there, and the resampler's buffered samples are lost at each rebuild: 25–50 ms
+    of speech with soxr, at most 3 ms with swr's default filter (measured: 24→22.05→24 kHz to 16/24/44.1
+    kHz), so such a file is resampled with swr."""
     layout = "mono" if channels == 1 else "stereo"
+    resampler = "swr" if reconfigures else "soxr"
     return [
         "-map", f"{k}:a:0",
-        "-af", f"aresample=osr={rate}:resampler=soxr,aformat=sample_fmts=flt:channel_layouts={layout}",
+        "-af", f"aresample=osr={rate}:resampler={resampler},aformat=sample_fmts=flt:channel_layouts={layout}",
         "-t", f"{max_seconds:.3f}",
         "-f", "f32le", ffmpeg.file_url(out),
     ]  # fmt: skip
@@ -142,7 +149,12 @@ def _output_args(k: int, out: Path, rate: int, channels: int, max_seconds: float
 def _decode_one_strict(f: AudioFile, src: Path, out: Path, rate: int, channels: int, max_seconds: float) -> None:
     """Decode a single file; any decoder message is an error that names the call and file."""
     res = ffmpeg.run(
-        ["-v", "error", *ffmpeg.input_args(src, f.fmt), *_output_args(0, out, rate, channels, max_seconds)],
+        [
+            "-v",
+            "error",
+            *ffmpeg.input_args(src, f.fmt),
+            *_output_args(0, out, rate, channels, max_seconds, f.reconfigures),
+        ],
         what="decoding the TTS audio",
         check=False,
         timeout=60 + f.size / 2000,

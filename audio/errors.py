@@ -23,11 +23,20 @@ class InvalidAudio(PipelineError):
     """What a TTS call returned is not (entirely) audio we can use.
 
     `call_index` is the 0-based request index, `sniffed` what the bytes looked like, `preview` the first
-    ~200 printable characters (a provider's JSON/HTML error body is usually the explanation).
+    ~200 printable characters (a provider's JSON/HTML error body is usually the explanation). `retryable` is
+    False when the answer is well-formed audio (or a link, a playlist, encoded text) in a form the pipeline
+    cannot use: the same request would get the same answer, so it is not asked again.
     """
 
     def __init__(
-        self, call_index: int | None, message: str, *, sniffed: str = "", preview: str = "", model: str = ""
+        self,
+        call_index: int | None,
+        message: str,
+        *,
+        sniffed: str = "",
+        preview: str = "",
+        model: str = "",
+        retryable: bool = True,
     ) -> None:
         where = f"TTS call #{call_index + 1}" if call_index is not None else "audio"
         if model:
@@ -43,6 +52,7 @@ class InvalidAudio(PipelineError):
         self.sniffed = sniffed
         self.preview = preview
         self.model = model  # which model answered, e.g. "model_2 minimax/speech-01" ("" = not known here)
+        self.retryable = retryable  # False: a well-formed answer in a format we cannot use; asking again pays twice
 
 
 class SynthesisFailed(PipelineError):

@@ -31,6 +31,9 @@ class AudioFile:
     truncated: bool = False  # the last frame/page was cut short and dropped
     note: str = ""  # human-readable remark (e.g. what was dropped)
     path: Path | None = None  # where the bytes are when spooled to disk (audio.synth); `data` is then empty
+    # The sample rate or channel count changes inside this one stream (mp3/ADTS frames without a new file
+    # header): one file to the timeline; sample_rate/channels are then the highest the stream holds.
+    reconfigures: bool = False
 
     @property
     def size(self) -> int:

@@ -161,6 +161,7 @@ def _run(
     for f in files:
         if f.truncated:
             stats.truncated_files += 1
+        if f.truncated or f.note:  # what was dropped or skipped (junk, stray bytes) is never silent
             stats.warnings.append(f"TTS call #{f.call_index + 1}: {f.note or 'last frame was cut short'}")
 
     rate = decode.programme_rate(files, job.encode.sample_rate)

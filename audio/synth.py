@@ -79,7 +79,8 @@ def run(
     Raises InvalidInput("speakers") before any call when a request's model has no callable; SynthesisFailed
     (provider errors, stalls) or InvalidAudio (non-audio answers) for the first request that fails after
     `attempts` tries; InvalidInput from the engine (e.g. unknown voice) is not retried, nor is an error that
-    says the voice was refused (VoiceRefused, after one call: see audio.voices).
+    says the voice was refused (VoiceRefused, after one call: see audio.voices), nor an answer in a format
+    the pipeline cannot use (`InvalidAudio.retryable` False: MP4, a link...).
     """
     engines = as_synthesizers(synthesize)
     names = dict(models or {})
@@ -127,6 +128,8 @@ def run(
             except InvalidAudio as exc:
                 last_error = exc
                 log.warning("request #%d%s attempt %d: %s", req.index + 1, f" ({label})" * bool(label), attempt, exc)
+                if not exc.retryable:
+                    break  # a well-formed answer in a format we cannot use: asking again pays for the same answer
                 continue
             except Exception as exc:
                 if voice_refused(str(exc)):  # no retry can fix it (see audio.voices)
@@ -145,7 +148,7 @@ def run(
         if isinstance(last_error, InvalidAudio):
             raise InvalidAudio(
                 last_error.call_index, last_error.message, sniffed=last_error.sniffed, preview=last_error.preview,
-                model=label,
+                model=label, retryable=last_error.retryable,
             ) from None
         message = _short(str(last_error) or type(last_error).__name__)
         raise SynthesisFailed(req.index, req.text, message, attempts, model=label)

@@ -94,6 +94,38 @@ def test_json_error_body_is_retried_then_reported_as_invalid_audio():
     assert stats.retries == 1
 
 
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (b"\x00\x00\x00\x20ftypM4A " + bytes(200), "mp4"),  # well-formed, but a container we cannot cut
+        (b"https://cdn.example/a.mp3", "URL"),
+        (bytes([0xFF, 0xFB, 0x04, 0xC0]) + bytes(400), "mp3"),  # free-format mp3: not supported
+    ],
+)
+def test_a_well_formed_answer_in_an_unusable_format_is_not_paid_for_twice(body, kind):
+    engine = Engine(body=body)
+    stats = Stats()
+    with pytest.raises(InvalidAudio) as err:
+        synth.run(_requests(1), engine, attempts=3, backoff_s=0, stats=stats)
+    assert err.value.sniffed == kind and not err.value.retryable
+    assert len(engine.calls) == 1 and stats.retries == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",  # empty answer
+        b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>",  # error body
+        audiogen.mp3(0.3, id3=True)[:300],  # cut off before its first complete frame
+    ],
+)
+def test_empty_error_and_cut_off_answers_are_retried(body):
+    engine = Engine(body=body)
+    with pytest.raises(InvalidAudio) as err:
+        synth.run(_requests(1), engine, attempts=3, backoff_s=0)
+    assert err.value.retryable and len(engine.calls) == 3
+
+
 def test_engine_input_errors_are_not_retried():
     calls = []
 
