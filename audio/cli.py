@@ -46,6 +46,8 @@ PARAM_FLAGS = {
     "subtitles": "--subtitles",
     "chapters": "--chapters",
     "max_output_mb": "--max-output-mb",
+    "speed": "--speed",
+    "lexicon": "--lexicon",
     "output": "-o/--output",
     "file": "FILE",
 }
@@ -94,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--artist")
     n.add_argument("--album")
     n.add_argument("--max-output-mb", help="size limit of the file in MiB (default 30)")
+    n.add_argument("--speed", help="speech rate 0.5-2.0, pitch kept, pauses unchanged (default 1)")
+    n.add_argument("--lexicon", help='respellings sent to the voice, e.g. "Dify=Dee-fy; SQL=sequel" or a JSON '
+                   "object; @FILE reads them from a file")
     cache = n.add_mutually_exclusive_group()
     cache.add_argument("--cache-dir", type=Path, help=f"TTS cache directory (default {default_cache_dir()})")
     cache.add_argument("--no-cache", action="store_true", help="do not read or write the TTS cache")
@@ -173,6 +178,17 @@ def read_input(source: str) -> str:
     return text
 
 
+def read_lexicon(value: str | None) -> str | None:
+    """--lexicon's value, or the content of the file it names as @FILE (InvalidInput naming `lexicon`)."""
+    if not value or not value.startswith("@"):
+        return value
+    path = Path(value[1:])
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput("lexicon", f"cannot read {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def assign_speakers(
     found: Sequence[str], given: dict[str, str], voice: str | None, order: Sequence[str]
 ) -> dict[str, str]:
@@ -232,6 +248,8 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     subs = options.subtitles(args.subtitles)
     max_mb = options.number("max_output_mb", args.max_output_mb, DEFAULTS["max_output_mb"], integer=False)
     speakers = options.speakers(args.speakers)
+    speed = options.speed(args.speed)
+    lexicon = options.lexicon(read_lexicon(args.lexicon))
 
     engine = EspeakEngine()
     voice = engine.resolve_voice(args.voice)  # the default voice by name, so stats and timeline show it
@@ -279,6 +297,8 @@ def cmd_narrate(args: argparse.Namespace) -> int:
         subtitles=subs,
         chapters=args.chapters,
         cache_namespace=engine.cache_namespace,
+        speed=speed,
+        lexicon=lexicon,
     )
 
     cache = None

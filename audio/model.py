@@ -43,6 +43,15 @@ class Request:
     speaker: str | None = None
     section: str | None = None  # title of the markdown section this request belongs to
     pause_before_ms: int = 0  # silence inserted before this request's audio (after seam trimming)
+    speed: float | None = None
+    spoken: str | None = None  # what the TTS model is sent when a lexicon respelled `text` (None = `text`)
+
+    @property
+    def tts_text(self) -> str:
+        """The text sent to the TTS model and hashed for the cache: `text` with the lexicon's respellings.
+
+        `text` itself stays the original: subtitles, the timeline and stats show what the reader wrote."""
+        return self.text if self.spoken is None else self.spoken
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,8 @@ class Stats:
     cache_misses: int = 0
     truncated_files: int = 0
     warnings: list[str] = field(default_factory=list)
+    speed: float = 1.0  # the job's speech rate (`speed`); per-speaker rates come from the speaker mapping
+    respellings: int = 0  # words the lexicon replaced in what was sent to the TTS model
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import json
 import math
 from typing import Any
 
+from . import lexicon as _lexicon
+from . import tempo
 from .errors import InvalidInput
 from .model import LOUDNESS_PRESETS, LoudnessTarget
 
@@ -26,6 +28,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "max_chars_per_request": (50, 4_000),
     "concurrency": (1, 16),
     "max_output_mb": (1, 200),
+    "speed": (tempo.MIN_SPEED, tempo.MAX_SPEED),
 }
 
 
@@ -177,3 +180,13 @@ def speakers(value: Any) -> dict[str, str]:
             raise InvalidInput("speakers", f"name or voice too long in {name!r}")
         result[key] = val
     return result
+
+
+def speed(value: Any) -> float:
+    """Speech rate, 0.5–2.0 (1.0 = as the model speaks; blank = 1.0)."""
+    return float(number("speed", value, 1.0, integer=False))
+
+
+def lexicon(value: Any) -> _lexicon.Lexicon | None:
+    """Pronunciation respellings (`Dify=Dee-fy; SQL=sequel` or a JSON object); see audio.lexicon."""
+    return _lexicon.parse(value)

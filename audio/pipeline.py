@@ -11,12 +11,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import assemble, decode, master, script, subtitles, synth, tags
 from .cache import Cache
 from .errors import InvalidAudio, InvalidInput, OutputTooLarge, PipelineError
+from .lexicon import Lexicon
 from .model import (
     LOUDNESS_PRESETS,
     Chapter,
@@ -60,6 +61,8 @@ class Job:
     cache_namespace: str = ""  # identifies engine/provider+model for cache keys
     stall_timeout_s: float = 120.0  # a TTS call that sends nothing for this long fails
     time_budget_s: float | None = None  # the caller's execution limit (Dify: 600 s); None = unlimited
+    speed: float = 1.0  # speech rate, pitch kept (audio.tempo); a Request's own `speed` overrides it
+    lexicon: Lexicon | None = None  # respellings for what the TTS model is sent (audio.lexicon)
 
 
 def narrate(
@@ -85,7 +88,7 @@ def narrate(
         raise InvalidInput(
             "text", f"has {len(job.text):,} characters; the limit is {job.max_text_chars:,}. Split it into parts."
         )
-    stats = Stats()
+    stats = Stats(speed=job.speed)
     plan = script.plan(
         job.text,
         voice=job.voice,
@@ -95,6 +98,7 @@ def narrate(
         paragraph_pause_ms=job.paragraph_pause_ms,
         sentence_per_request=job.subtitles != "none",
     )
+    plan = respell(plan, job.lexicon, stats)
     check_budget(plan.requests, job)
     with tempfile.TemporaryDirectory(prefix="ttsp-", dir=workdir) as tmp:
         return _run(job, plan, synthesize, cache, progress, Path(tmp), stats, Path(output) if output else None)
@@ -143,6 +147,7 @@ def _run(
         channels=channels,
         max_seconds_per_file=job.max_seconds_per_call,
         progress=report("decode"),
+        speeds=[call.request.speed or job.speed for call in calls for _ in call.files],
     )
     total_s = sum(d.duration_s for d in decoded)
     if total_s > job.max_total_seconds:
@@ -221,6 +226,19 @@ def _run(
         subtitles_format=job.subtitles if subs is not None else None,
         path=output,
     )
+
+
+def respell(plan: Plan, lexicon: Lexicon | None, stats: Stats) -> Plan:
+    """The plan with each request's `spoken` text (what the TTS model reads) respelled by the lexicon; `text`
+    stays the author's, for subtitles, the timeline and stats. Counts the replacements in stats."""
+    if lexicon is None:
+        return plan
+    requests = []
+    for req in plan.requests:
+        spoken, count = lexicon.apply(req.text)
+        stats.respellings += count
+        requests.append(replace(req, spoken=spoken) if count else req)
+    return replace(plan, requests=requests)
 
 
 def deliver(src: Path, dest: Path) -> None:

@@ -76,7 +76,7 @@ def run(
     done_count = 0
 
     def one(req: Request) -> CallResult:
-        key = cache_key(namespace, req.voice, req.text) if cache is not None else ""
+        key = cache_key(namespace, req.voice, req.tts_text) if cache is not None else ""
         if cache is not None:
             chunks = cache.get(key)
             if chunks is not None:
@@ -168,7 +168,7 @@ def _collect(
     with lock:
         activity[req.index] = time.monotonic()
     try:
-        for chunk in synthesize(req.text, req.voice):
+        for chunk in synthesize(req.tts_text, req.voice):
             if cancelled.is_set():
                 raise _Cancelled
             if not isinstance(chunk, bytes | bytearray | memoryview):

@@ -145,6 +145,8 @@ def parse_parameters(params: Mapping[str, Any]) -> Invocation:
         chapters=None if options.boolean("chapters", params.get("chapters"), True) else False,
         cache_namespace=f"{provider}/{model}",
         time_budget_s=TIME_BUDGET_S,
+        speed=options.speed(params.get("speed")),
+        lexicon=options.lexicon(params.get("lexicon")),
     )
     return Invocation(
         job=job,
@@ -244,6 +246,8 @@ def stats_json(result: Result) -> dict[str, Any]:
         ],
         "chapters": [{"title": c.title, "start": round(c.start, 3), "end": round(c.end, 3)} for c in result.chapters],
         "warnings": list(result.stats.warnings),
+        "speed": result.stats.speed,
+        "respellings": result.stats.respellings,
     }
 
 
