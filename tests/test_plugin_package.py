@@ -31,12 +31,12 @@ LANGUAGES = ("en_US", "zh_Hans", "ja_JP", "pt_BR")
 PUBLIC_PARAMETERS = [
     "text", "model", "voice", "speakers", "output_format", "bitrate", "sample_rate", "channels", "loudness",
     "pause_ms", "paragraph_pause_ms", "max_chars_per_request", "concurrency", "title", "artist", "album",
-    "filename", "subtitles", "chapters", "cache", "max_output_mb",
+    "filename", "subtitles", "chapters", "cache", "max_output_mb", "speed", "lexicon",
 ]  # fmt: skip
 STATS_FIELDS = [
     "duration_s", "format", "sample_rate", "channels", "bitrate_kbps", "size_bytes", "loudness_lufs",
     "true_peak_dbtp", "target", "requests", "retries", "cache_hits", "cache_misses", "timeline", "chapters",
-    "warnings",
+    "warnings", "speed", "respellings",
 ]  # fmt: skip
 
 
@@ -244,6 +244,7 @@ def test_parameter_types_and_defaults():
     assert p["model"]["form"] == "form" and p["model"]["required"] is True
     assert p["voice"]["type"] == "string" and not p["voice"].get("required")
     assert p["speakers"]["type"] == "string" and p["speakers"]["form"] == "llm"
+    assert p["lexicon"]["type"] == "string" and p["lexicon"]["form"] == "llm" and not p["lexicon"].get("required")
     for name in ("title", "artist", "album", "filename"):
         assert p[name]["type"] == "string" and not p[name].get("required"), name
     for name in ("chapters", "cache"):
@@ -272,7 +273,7 @@ def test_parameter_types_and_defaults():
             parse(option["value"])  # every offered value is accepted by the shared validation
 
     numbers = {"pause_ms": 300, "paragraph_pause_ms": 700, "max_chars_per_request": 600, "concurrency": 4,
-               "max_output_mb": 30}
+               "max_output_mb": 30, "speed": 1}
     for name, default in numbers.items():
         assert p[name]["type"] == "number" and p[name]["default"] == default, name
         assert (p[name]["min"], p[name]["max"]) == options.LIMITS[name], name
