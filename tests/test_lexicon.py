@@ -88,6 +88,19 @@ def test_count_of_replacements():
     assert lex.apply("nothing here") == ("nothing here", 0)
 
 
+def test_a_full_lexicon_over_a_long_text():
+    """MAX_ENTRIES keys, some prefixes of others, over ~100,000 characters: every whole-word occurrence replaced,
+    none inside longer words (the two-level matcher keeps this to a fraction of a second)."""
+    keys = [f"Name{i}" for i in range(lexicon.MAX_ENTRIES - 1)] + ["name1 extra"]
+    lex = lexicon.parse({k: f"<{k}>" for k in keys})
+    words = [f"Name{i}" for i in range(0, 600, 7)] + ["Name12x", "xName3", "NAME1 EXTRA", "plain"]
+    text = " ".join(words * 200)
+    out, count = lex.apply(text)
+    replaced = sum(1 for w in words if w in keys[:-1]) * 200 + 200  # + "NAME1 EXTRA" via the lower-case key
+    assert count == replaced
+    assert "Name12x" in out and "xName3" in out and "<name1 extra>" in out and "<Name7>" in out
+
+
 BAD = [
     ('{"Dify": "Dee-fy"', "invalid JSON"),
     ('["Dify", "Dee-fy"]', "word=respelling"),  # only an object is JSON; this is a text entry without "="
