@@ -68,10 +68,10 @@ class Lexicon:
     """Parsed entries (key → respelling, in the order given) and the matcher that applies them.
 
     Matching is two-level so its cost does not explode with the number of entries: one alternation of all
-    keys (longest first, one group each, no boundary checks; compiled once) finds where a key starts and
-    which; its word boundaries are then checked in Python, and only when they fail are the later keys with
-    the same first letter tried there. Putting the Unicode boundary lookarounds into every alternative
-    instead made compiling 500 entries take 3.5 s (and each distinct set of keys would need its own).
+    keys (longest first, no groups, no boundary checks; compiled once) finds where a key starts, and the
+    matched text names the key; its word boundaries are then checked in Python, and only when they fail
+    are the later keys with the same first letter tried there. Putting the Unicode boundary lookarounds
+    into every alternative instead made compiling 500 entries take 3.5 s.
     """
 
     entries: tuple[tuple[str, str], ...]
