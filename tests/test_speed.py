@@ -139,6 +139,12 @@ def test_a_request_with_its_own_speed_is_stretched_alone(monkeypatch):
     assert lengths[0] == pytest.approx(lengths[2], rel=0.02)  # both at the job's 0.8
     assert lengths[0] / lengths[1] == pytest.approx(1.5 / 0.8, rel=0.05), lengths
     assert result.stats.speed == 0.8
+    meter = pyloudnorm.Meter(RATE)  # per-speaker leveling still holds with speakers at different rates
+    host = meter.integrated_loudness(np.concatenate([x[int(e.start * RATE) : int(e.end * RATE)]
+                                                     for e in result.timeline if e.speaker == "Host"]))
+    guest = next(meter.integrated_loudness(x[int(e.start * RATE) : int(e.end * RATE)])
+                 for e in result.timeline if e.speaker == "Guest")
+    assert abs(host - guest) <= 1.5, (host, guest)
 
 
 def _file(data: bytes, call: int = 0):

@@ -400,3 +400,5 @@ def test_stats_json_reports_speed_and_respellings():
     result.stats.speed, result.stats.respellings = 1.25, 4
     stats = stats_json(result)
     assert stats["speed"] == 1.25 and stats["respellings"] == 4
+    assert " at 1.25× speed" in summary_text(result, "narration.mp3")
+    assert "speed" not in summary_text(fake_result(), "narration.mp3")

@@ -258,6 +258,8 @@ def summary_text(result: Result, filename: str) -> str:
     if s.cache_hits:
         text += f" ({s.cache_hits} reused from cache)"
     text += f" → {filename}"
+    if s.speed != 1.0:
+        text += f" at {s.speed:g}× speed"
     if result.loudness_lufs is not None:
         level = f"{result.loudness_lufs:.1f} LUFS".replace("-", "−")
         text += f", {level}" if result.target.integrated is not None else f", {level} (not normalized)"
