@@ -19,7 +19,7 @@ import pytest
 from audio import decode, options, pipeline, tempo
 from audio.engine import EspeakEngine
 from audio.errors import InvalidAudio, InvalidInput
-from audio.model import Plan, Request
+from audio.model import AudioFile, Plan, Request
 from audio.segments import split_call
 from tests import audiogen
 from tests import speechmeasure as sm
@@ -172,6 +172,39 @@ def test_the_duration_cap_counts_the_providers_time(tmp_path):
     with pytest.raises(InvalidAudio, match="more than 3 s"):
         decode.decode_all([_file(audiogen.mp3(4.0), 0)], tmp_path / "b", sample_rate=RATE, channels=1,
                           max_seconds_per_file=3.0, speeds=[2.0])
+
+
+def test_a_corrupt_file_is_still_named_when_stretching(tmp_path):
+    """The batch's fallback (file by file) keeps each file's speed and still names the culprit."""
+    data = bytearray(audiogen.mp3(0.5, freq=300))
+    for pos in range(2000, 2600):
+        data[pos] ^= 0x5A
+    bad = AudioFile(bytes(data), "mp3", 24000, 1, call_index=1)
+    with pytest.raises(InvalidAudio, match="TTS call #2"):
+        decode.decode_all([_file(audiogen.mp3(0.5), 0), bad], tmp_path, sample_rate=RATE, channels=1,
+                          max_seconds_per_file=60, speeds=[1.5, 1.5])
+
+
+class MemoryCache:
+    def __init__(self) -> None:
+        self.data: dict[str, list[bytes]] = {}
+
+    def get(self, key: str) -> list[bytes] | None:
+        return self.data.get(key)
+
+    def put(self, key: str, chunks: list[bytes]) -> None:
+        self.data[key] = chunks
+
+
+def test_changing_the_speed_needs_no_new_synthesis():
+    """The cache holds the provider's audio; the stretch happens after it, so a re-run at another rate is
+    served entirely from the cache."""
+    cache = MemoryCache()
+    first = pipeline.narrate(pipeline.Job(text=TEXT, speed=1.0), EspeakEngine(), cache=cache)
+    again = pipeline.narrate(pipeline.Job(text=TEXT, speed=1.5), EspeakEngine(), cache=cache)
+    assert first.stats.cache_misses == again.stats.cache_hits == again.stats.requests >= 1
+    assert again.stats.cache_misses == 0
+    assert first.duration_s / again.duration_s == pytest.approx(1.5, rel=0.1)
 
 
 def test_tempo_filter():
