@@ -54,6 +54,8 @@ PARAM_FLAGS = {
     "music": "--music",
     "music_level": "--music-level",
     "intro_overlap_ms": "--intro-overlap-ms",
+    "speed": "--speed",
+    "lexicon": "--lexicon",
     "output": "-o/--output",
     "file": "FILE",
 }
@@ -110,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="level of the bed while someone speaks, in LU relative to the speech, -40 to -6 (default -20)")
     n.add_argument("--intro-overlap-ms", metavar="MS",
                    help="how far the intro's tail runs under the first words, 0-5000 (default 500)")
+    n.add_argument("--speed", help="speech rate 0.5-2.0, pitch kept, pauses unchanged (default 1)")
+    n.add_argument("--lexicon", help='respellings sent to the voice, e.g. "Dify=Dee-fy; SQL=sequel" or a JSON '
+                   "object; @FILE reads them from a file")
     cache = n.add_mutually_exclusive_group()
     cache.add_argument("--cache-dir", type=Path, help=f"TTS cache directory (default {default_cache_dir()})")
     cache.add_argument("--no-cache", action="store_true", help="do not read or write the TTS cache")
@@ -189,6 +194,17 @@ def read_input(source: str) -> str:
     return text
 
 
+def read_lexicon(value: str | None) -> str | None:
+    """--lexicon's value, or the content of the file it names as @FILE (InvalidInput naming `lexicon`)."""
+    if not value or not value.startswith("@"):
+        return value
+    path = Path(value[1:])
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput("lexicon", f"cannot read {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def assign_speakers(
     found: Sequence[str], given: Mapping[str, SpeakerVoice], voice: str | None, order: Sequence[str]
 ) -> dict[str, SpeakerVoice]:
@@ -258,6 +274,8 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     music = options.local_file("music", args.music)
     music_level = options.number("music_level", args.music_level, -20.0, integer=False)
     intro_overlap_ms = int(options.number("intro_overlap_ms", args.intro_overlap_ms, 500))
+    speed = options.speed(args.speed)
+    lexicon = options.lexicon(read_lexicon(args.lexicon))
 
     engines = embedded_models()
     voice = EspeakEngine.resolve_voice(args.voice)  # the default voice by name, so stats and timeline show it
@@ -318,6 +336,8 @@ def cmd_narrate(args: argparse.Namespace) -> int:
         music=music,
         music_level=music_level,
         intro_overlap_ms=intro_overlap_ms,
+        speed=speed,
+        lexicon=lexicon,
     )
 
     cache = None

@@ -63,6 +63,14 @@ class Request:
     pause_before_ms: int = 0  # silence inserted before this request's audio (after seam trimming)
     model: int = 1  # which TTS model reads it: 1 = `model`, 2 = `model_2`, 3 = `model_3`
     speed: float | None = None  # speech rate of this request; None = the job's `speed`
+    spoken: str | None = None  # what the TTS model is sent when a lexicon respelled `text` (None = `text`)
+
+    @property
+    def tts_text(self) -> str:
+        """The text sent to the TTS model and hashed for the cache: `text` with the lexicon's respellings.
+
+        `text` itself stays the original: subtitles, the timeline and stats show what the reader wrote."""
+        return self.text if self.spoken is None else self.spoken
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,8 @@ class Stats:
     outro_s: float | None = None
     music_level_lu: float | None = None  # the bed's loudness under speech relative to the speech, measured
     speech_loudness_lufs: float | None = None  # the speech's loudness in the file (the mix's minus the bed's share)
+    speed: float = 1.0  # the job's speech rate (`speed`); per-speaker rates come from the speaker mapping
+    respellings: int = 0  # words the lexicon replaced in what was sent to the TTS model
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from . import lexicon as _lexicon
+from . import tempo
 from .errors import InvalidInput
 from .model import LOUDNESS_PRESETS, MODEL_PARAMS, LoudnessTarget, SpeakerVoice
 
@@ -30,6 +32,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "max_output_mb": (1, 200),
     "music_level": (-40, -6),  # LU relative to the speech, while someone speaks
     "intro_overlap_ms": (0, 5_000),
+    "speed": (tempo.MIN_SPEED, tempo.MAX_SPEED),
 }
 
 
@@ -284,3 +287,13 @@ def local_file(param: str, value: Any) -> Path | None:
     if path.stat().st_size == 0:
         raise InvalidInput(param, f"{str(value)!r} is empty")
     return path
+
+
+def speed(value: Any) -> float:
+    """Speech rate, 0.5–2.0 (1.0 = as the model speaks; blank = 1.0)."""
+    return float(number("speed", value, 1.0, integer=False))
+
+
+def lexicon(value: Any) -> _lexicon.Lexicon | None:
+    """Pronunciation respellings (`Dify=Dee-fy; SQL=sequel` or a JSON object); see audio.lexicon."""
+    return _lexicon.parse(value)

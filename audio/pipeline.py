@@ -17,6 +17,7 @@ from pathlib import Path
 from . import assemble, decode, master, media, production, script, subtitles, synth, tags
 from .cache import Cache
 from .errors import InvalidAudio, InvalidInput, OutputTooLarge, PipelineError
+from .lexicon import Lexicon
 from .model import (
     LOUDNESS_PRESETS,
     Chapter,
@@ -82,6 +83,10 @@ class Job:
         return any(p is not None for p in (self.intro, self.outro, self.music))
 
 
+    speed: float = 1.0  # speech rate, pitch kept (audio.tempo); a Request's own `speed` overrides it
+    lexicon: Lexicon | None = None  # respellings for what the TTS model is sent (audio.lexicon)
+
+
 def narrate(
     job: Job,
     synthesize: Synthesize | Synthesizers,
@@ -108,7 +113,7 @@ def narrate(
         raise InvalidInput(
             "text", f"has {len(job.text):,} characters; the limit is {job.max_text_chars:,}. Split it into parts."
         )
-    stats = Stats()
+    stats = Stats(speed=job.speed)
     plan = script.plan(
         job.text,
         voice=job.voice,
@@ -119,6 +124,7 @@ def narrate(
         paragraph_pause_ms=job.paragraph_pause_ms,
         sentence_per_request=job.subtitles != "none",
     )
+    plan = respell(plan, job.lexicon, stats)
     check_budget(plan.requests, job)
     for param in ("intro", "outro", "music"):  # a bad file fails here, before any TTS call
         path = getattr(job, param)
@@ -173,6 +179,7 @@ def _run(
         channels=channels,
         max_seconds_per_file=job.max_seconds_per_call,
         progress=report("decode"),
+        speeds=[call.request.speed or job.speed for call in calls for _ in call.files],
     )
     total_s = sum(d.duration_s for d in decoded)
     if total_s > job.max_total_seconds:
@@ -305,6 +312,19 @@ def _produce(
         rms_db=made.mix_rms_db,
     )
     return mixed, target, delta
+
+
+def respell(plan: Plan, lexicon: Lexicon | None, stats: Stats) -> Plan:
+    """The plan with each request's `spoken` text (what the TTS model reads) respelled by the lexicon; `text`
+    stays the author's, for subtitles, the timeline and stats. Counts the replacements in stats."""
+    if lexicon is None:
+        return plan
+    requests = []
+    for req in plan.requests:
+        spoken, count = lexicon.apply(req.text)
+        stats.respellings += count
+        requests.append(replace(req, spoken=spoken) if count else req)
+    return replace(plan, requests=requests)
 
 
 def deliver(src: Path, dest: Path) -> None:

@@ -96,7 +96,9 @@ def run(
 
     def one(req: Request) -> CallResult:
         label = model_label(req.model, names) if labelled else ""
-        key = cache_key(cache_namespace(req.model, names, namespace), req.voice, req.text) if cache is not None else ""
+        key = ""
+        if cache is not None:
+            key = cache_key(cache_namespace(req.model, names, namespace), req.voice, req.tts_text)
         if cache is not None:
             chunks = cache.get(key)
             if chunks is not None:
@@ -261,7 +263,7 @@ def _collect(
     with lock:
         activity[req.index] = time.monotonic()
     try:
-        for chunk in synthesize(req.text, req.voice):
+        for chunk in synthesize(req.tts_text, req.voice):
             if cancelled.is_set():
                 raise _Cancelled
             if not isinstance(chunk, bytes | bytearray | memoryview):

@@ -126,6 +126,9 @@ def test_voices_lists_the_embedded_voices():
         (["--speakers", "Host=alloy"], "--speakers"),
         (["--speakers", "Host"], "--speakers"),
         (["--pause-ms"], "--pause-ms"),  # argparse: missing value
+        (["--speed", "3"], "--speed"),
+        (["--lexicon", "Dify"], "--lexicon"),
+        (["--lexicon", "@/nonexistent/lexicon.txt"], "--lexicon"),
     ],
 )
 def test_bad_option_is_one_line_naming_it(tmp_path, args, needle):
@@ -410,3 +413,22 @@ def test_article_to_ogg_at_concurrency_2(tmp_path):
     duration = check_programme(out, "ogg", min_s=6 * 60, max_s=16 * 60)
     assert header_duration(out) == pytest.approx(duration, abs=0.1)
     assert len(stats["chapters"]) >= 6
+
+
+def test_speed_and_lexicon(tmp_path):
+    """--speed and --lexicon reach the pipeline: the stats show them, the timeline keeps the written words."""
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_text("Dify=Dee-fy\nSQL=sequel\n", encoding="utf-8")
+    text = "Dify speaks SQL. Dify is fast."
+    runs = {}
+    for speed in ("1", "1.5"):
+        out = tmp_path / f"s{speed}.mp3"
+        proc = run_cli("narrate", "-", "-o", out, "--stats", "--no-cache", "--quiet", "--speed", speed,
+                       "--lexicon", f"@{lexicon}", stdin=text.encode())
+        assert proc.returncode == 0, proc.stderr
+        runs[speed] = json.loads(proc.stdout)
+    fast = runs["1.5"]
+    assert fast["speed"] == 1.5 and fast["respellings"] == 3
+    assert " ".join(e["text"] for e in fast["timeline"]) == text
+    speech = {k: sum(e["end"] - e["start"] for e in v["timeline"]) for k, v in runs.items()}
+    assert speech["1"] / speech["1.5"] == pytest.approx(1.5, rel=0.1)  # entries include fixed seam margins

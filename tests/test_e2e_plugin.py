@@ -305,6 +305,8 @@ def test_a_call_with_no_audio_at_all_is_an_error_not_an_empty_file(daemon):
         ({"model": {"provider": "langgenius/openai/openai", "model_type": "tts"}}, "model"),
         ({"max_chars_per_request": 10}, "max_chars_per_request"),
         ({"speakers": "Host"}, "speakers"),
+        ({"speed": 5}, "speed"),
+        ({"lexicon": "show"}, "lexicon"),
     ],
 )
 def test_bad_parameters_fail_before_any_tts_call(daemon, override, param):
@@ -333,6 +335,18 @@ def test_speakers_get_their_voices(daemon):
     assert all("Host:" not in c.text and "Guest:" not in c.text for c in run.tts_calls)
     timeline = run.jsons[0]["timeline"]
     assert [e["voice"] for e in timeline] == ["alloy", "nova", "alloy"]
+
+
+def test_speed_and_lexicon(daemon):
+    """The model is sent the respelling, the stats keep the written word; 1.25× speed shortens the audio, not
+    the pauses."""
+    run = daemon.invoke_tool(base_params(speed=1.25, lexicon="show=shoe; few words=a handful"))
+    check_narration(run, audio_s=6.0 / 1.25)
+    sent = " ".join(c.text for c in run.tts_calls)
+    assert "Alpha opens the shoe with a a handful." in sent and "show" not in sent
+    stats = run.jsons[0]
+    assert stats["timeline"][0]["text"] == "Alpha opens the show with a few words."
+    assert stats["speed"] == 1.25 and stats["respellings"] == 2
 
 
 def test_a_rerun_is_served_from_the_cache(daemon):

@@ -89,7 +89,7 @@ def test_blank_optional_values_mean_defaults():
                                    "sample_rate", "channels",
                                    "loudness", "pause_ms", "paragraph_pause_ms", "max_chars_per_request",
                                    "concurrency", "title", "artist", "album", "filename", "subtitles", "chapters",
-                                   "cache", "max_output_mb")}
+                                   "cache", "max_output_mb", "speed", "lexicon")}
     assert parse_parameters(params(**blank)) == parse_parameters(params())
     nones = dict.fromkeys(blank)
     assert parse_parameters(params(**nones)) == parse_parameters(params())
@@ -200,6 +200,12 @@ BAD = [
     ({"speakers": "Host"}, "speakers", "Name=voice"),
     ({"chapters": "maybe"}, "chapters", "true or false"),
     ({"cache": "sometimes"}, "cache", "true or false"),
+    ({"speed": 0.25}, "speed", "0.5 to 2"),
+    ({"speed": "2.5"}, "speed", "0.5 to 2"),
+    ({"speed": "fast"}, "speed", "not a number"),
+    ({"lexicon": "Dify"}, "lexicon", "word=respelling"),
+    ({"lexicon": '{"Dify": '}, "lexicon", "invalid JSON"),
+    ({"lexicon": "=x"}, "lexicon", "empty word"),
 ]
 
 
@@ -471,3 +477,20 @@ def test_other_synthesis_errors_get_no_voice_hint(monkeypatch):
 def test_unexpected_errors_are_reported_as_internal(monkeypatch):
     with pytest.raises(RuntimeError, match=r"^tts-pipeline internal error \(KeyError: 'x'\)"):
         run_tool(monkeypatch, params(), KeyError("x"))
+
+
+def test_speed_and_lexicon_reach_the_job():
+    job = parse_parameters(params()).job
+    assert job.speed == 1.0 and job.lexicon is None
+    job = parse_parameters(params(speed=1.25, lexicon='{"Dify": "Dee-fy"}')).job
+    assert job.speed == 1.25 and job.lexicon is not None and job.lexicon.entries == (("Dify", "Dee-fy"),)
+    assert parse_parameters(params(speed="0.8", lexicon="Dify=Dee-fy")).job.lexicon == job.lexicon
+
+
+def test_stats_json_reports_speed_and_respellings():
+    result = fake_result()
+    result.stats.speed, result.stats.respellings = 1.25, 4
+    stats = stats_json(result)
+    assert stats["speed"] == 1.25 and stats["respellings"] == 4
+    assert " at 1.25× speed" in summary_text(result, "narration.mp3")
+    assert "speed" not in summary_text(fake_result(), "narration.mp3")

@@ -193,6 +193,8 @@ def parse_parameters(params: Mapping[str, Any]) -> Invocation:
         time_budget_s=TIME_BUDGET_S,
         music_level=options.number("music_level", params.get("music_level"), -20.0, integer=False),
         intro_overlap_ms=int(options.number("intro_overlap_ms", params.get("intro_overlap_ms"), 500)),
+        speed=options.speed(params.get("speed")),
+        lexicon=options.lexicon(params.get("lexicon")),
     )
     files = {}
     for name in ("intro", "outro", "music"):
@@ -355,6 +357,8 @@ def stats_json(result: Result, models: Mapping[int, SelectedModel] | None = None
         "outro_s": result.stats.outro_s,
         "music_level_lu": result.stats.music_level_lu,
         "speech_loudness_lufs": result.stats.speech_loudness_lufs,
+        "speed": result.stats.speed,
+        "respellings": result.stats.respellings,
     }
 
 
@@ -388,6 +392,8 @@ def summary_text(result: Result, filename: str) -> str:
     if s.cache_hits:
         text += f" ({s.cache_hits} reused from cache)"
     text += f" → {filename}"
+    if s.speed != 1.0:
+        text += f" at {s.speed:g}× speed"
     if result.loudness_lufs is not None:
         level = f"{result.loudness_lufs:.1f} LUFS".replace("-", "−")
         text += f", {level}" if result.target.integrated is not None else f", {level} (not normalized)"
