@@ -8,9 +8,13 @@ from dify_plugin.config.logger_format import plugin_logger_handler
 from audio.ffmpeg import warm_up
 from audio.pipeline import remove_stale_workdirs
 from tools.cooperative_output import make_output_cooperative
+from tools.whole_output import make_stdout_whole
 
 # Let heartbeats and other invocations run while the SDK writes a long file's ~900 blob chunks.
 make_output_cooperative()
+# Every protocol line reaches the daemon whole, even with PYTHONUNBUFFERED=1 (a signal can cut an unbuffered
+# write short); before Plugin() writes the manifest.
+make_stdout_whole()
 
 # Dify stops a tool call after 600 s by default (PLUGIN_MAX_EXECUTION_TIMEOUT); allow the plugin as long.
 plugin = Plugin(DifyPluginEnv(MAX_REQUEST_TIMEOUT=600))

@@ -286,6 +286,7 @@ def assemble(
                     speaker=req.speaker,
                     voice=req.voice,
                     section=req.section,
+                    model=req.model,
                 )
             )
 

@@ -163,6 +163,46 @@ DIFY_MAX_VALUE_BYTES = 512 * 1024
 DIFY_MAX_KEY_CHARS = 256
 DEFAULT_MAX_ENTRY_BYTES = 8 * 1024 * 1024
 
+# Storage quota. The daemon (dify-plugin-daemon internal/core/persistence) writes a value FIRST and checks the
+# quota after: a refused `set` ("save data failed: allocated size is greater than max storage size") leaves
+# the value on disk, uncounted. Writing on after the first refusal would fill the disk past the quota, so the
+# first refusal stops writes for QUOTA_PAUSE_S in the whole process, per scope (see `KeyValueCache`).
+QUOTA_PAUSE_S = 24 * 3600.0
+_QUOTA_MARKERS = ("max storage size", "storage size", "storage quota", "quota exceeded")
+
+
+def storage_full(exc: BaseException) -> bool:
+    """True when a storage error says the plugin's storage quota is used up."""
+    text = str(exc).lower()
+    return any(marker in text for marker in _QUOTA_MARKERS)
+
+
+class _Scope:
+    """Process-wide write state of one quota scope: writes are serialized (so a quota refusal is met by
+    exactly one write, even with many concurrent jobs) and paused after a refusal."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.paused_until = 0.0
+
+
+_SCOPES: dict[str, _Scope] = {}
+_SCOPES_LOCK = threading.Lock()
+
+
+def _scope(name: str) -> _Scope:
+    with _SCOPES_LOCK:
+        state = _SCOPES.get(name)
+        if state is None:
+            state = _SCOPES[name] = _Scope()
+        return state
+
+
+def reset_quota_pauses() -> None:
+    """Tests: forget every quota refusal seen in this process."""
+    with _SCOPES_LOCK:
+        _SCOPES.clear()
+
 
 class KeyValueCache:
     """A `Cache` over a key-value store shaped like Dify's plugin storage (get/set/exist/delete).
@@ -177,10 +217,15 @@ class KeyValueCache:
     The random nonce keeps a new write from ever colliding with parts left behind by an interrupted one.
     Entries larger than `max_entry_bytes` are not cached (they would eat the workspace's storage quota).
 
-    The store cannot list keys, so there is no eviction: once the quota is full, writes fail and are logged;
-    lookups keep working. After `max_errors` storage errors the cache switches itself off for the rest of
-    its life (one job), so a store that is unavailable (e.g. storage permission missing in the manifest)
-    costs a few round trips, not one per request. Safe to use from several threads.
+    The store cannot list keys, so there is no eviction. Once the quota is full, the first refused write
+    pauses writing for `QUOTA_PAUSE_S` (24 h) in the whole process for this cache's `scope`, and the instance
+    that met it adds a note to `notes` (the job's warnings); lookups keep working. Dify counts the quota per
+    workspace (tenant) and plugin, and a tool call does not learn its tenant, so the Dify tool passes the
+    app id as the scope (an app belongs to one workspace): a full workspace costs one refused write per app
+    and day, other workspaces served by the same process keep caching. Writes of one scope are serialized.
+    After `max_errors` other storage errors the cache switches itself off for the rest of its life (one
+    job), so a store that is unavailable (e.g. storage permission missing in the manifest) costs a few round
+    trips, not one per request. Safe to use from several threads.
     """
 
     def __init__(
@@ -191,6 +236,7 @@ class KeyValueCache:
         max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
         prefix: str = "ttsp:",
         max_errors: int = 3,
+        scope: str = "",
     ) -> None:
         if max_value_bytes < 256:
             raise ValueError("max_value_bytes must be at least 256")
@@ -203,6 +249,8 @@ class KeyValueCache:
         self._max_errors = max_errors
         self._errors = 0
         self._lock = threading.Lock()
+        self._scope = _scope(scope)
+        self.notes: list[str] = []  # for the job's warnings (e.g. the storage quota is full)
 
     @property
     def enabled(self) -> bool:
@@ -233,7 +281,12 @@ class KeyValueCache:
         if len(blob) > self._max_entry:
             log.info("cache: %d-byte entry exceeds max_entry_bytes=%d; not cached", len(blob), self._max_entry)
             return
-        main = self._prefix + _storage_key(key)
+        with self._scope.lock:
+            if time.monotonic() < self._scope.paused_until:
+                return  # the storage quota refused a write earlier in this process
+            self._write(self._prefix + _storage_key(key), blob)
+
+    def _write(self, main: str, blob: bytes) -> None:
         try:
             if self._store.exist(main):
                 self._remove(main, self._store.get(main), strict=True)
@@ -244,7 +297,7 @@ class KeyValueCache:
             try:
                 self._store.set(main, blob)
             except Exception as exc:
-                self._storage_error("write", exc)
+                self._write_failed(exc)
             return
         parts = [blob[i : i + self._max_value] for i in range(0, len(blob), self._max_value)]
         nonce = secrets.token_hex(4)
@@ -260,9 +313,22 @@ class KeyValueCache:
                 written.append(part_key)
             self._store.set(main, manifest)
         except Exception as exc:
-            self._storage_error("write", exc)
-            for part_key in written:
+            self._write_failed(exc)
+            for part_key in written:  # counted by the daemon, so deleting them gives the space back
                 self._delete_quietly(part_key)
+
+    def _write_failed(self, exc: Exception) -> None:
+        if not storage_full(exc):
+            self._storage_error("write", exc)
+            return
+        self._scope.paused_until = time.monotonic() + QUOTA_PAUSE_S  # caller holds the scope's lock
+        note = (
+            "the plugin's storage is full, so the cache stores nothing more for "
+            f"{QUOTA_PAUSE_S / 3600:.0f} h (cached audio is still reused); raise the storage size or clear the"
+            f" plugin's storage ({_describe(exc)})"
+        )
+        self.notes.append(note)
+        log.warning("cache: %s", note)
 
     # -- helpers
 

@@ -10,7 +10,9 @@ bad input, 1 for other pipeline failures, 130 on Ctrl-C.
 
 Speakers: when the script has speakers and --speakers does not name a voice for some of them, the CLI hands
 them embedded voices in the fixed order of audio.engine.SPEAKER_VOICE_ORDER (first the --voice, if given),
-skipping voices already used, and prints the mapping on stderr.
+skipping voices already used, and prints the mapping on stderr. `--speakers "Host=en-us; Guest=2:en-gb+f3"`
+sends Guest to the second embedded model (audio.engine.embedded_models: a whole WAV per sentence, quieter),
+as `Guest=2:nova` sends a guest to `model_2` in the Dify tool.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from . import options
 from .errors import InvalidInput, PipelineError
+from .model import SpeakerVoice
 
 # Parameter names used in audio.options / the pipeline → what the CLI user typed.
 PARAM_FLAGS = {
@@ -46,6 +49,13 @@ PARAM_FLAGS = {
     "subtitles": "--subtitles",
     "chapters": "--chapters",
     "max_output_mb": "--max-output-mb",
+    "intro": "--intro",
+    "outro": "--outro",
+    "music": "--music",
+    "music_level": "--music-level",
+    "intro_overlap_ms": "--intro-overlap-ms",
+    "speed": "--speed",
+    "lexicon": "--lexicon",
     "output": "-o/--output",
     "file": "FILE",
 }
@@ -75,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("input", metavar="INPUT", help="text, markdown or speaker script file; - reads stdin")
     n.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (- writes to stdout)")
     n.add_argument("--voice", help="default voice (see `python -m audio voices`); default en-us")
-    n.add_argument("--speakers", help='speaker → voice, e.g. "Host=en-us; Guest=en-gb+f3" or a JSON object')
+    n.add_argument("--speakers", help='speaker → [model:]voice[@speed], e.g. "Host=en-us; Guest=2:en-gb+f3" '
+                                      "(Guest on the second embedded model) or a JSON object")
     n.add_argument("--format", dest="output_format", metavar="FORMAT",
                    help="mp3|m4a|ogg|flac|wav (default: from OUT's extension, else mp3)")
     n.add_argument("--bitrate", help="auto or kbit/s: 24|32|48|64|96|128|160|192|256|320 (default auto)")
@@ -94,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--artist")
     n.add_argument("--album")
     n.add_argument("--max-output-mb", help="size limit of the file in MiB (default 30)")
+    n.add_argument("--intro", metavar="FILE", help="audio played before the narration, matched to its loudness")
+    n.add_argument("--outro", metavar="FILE", help="audio played after the narration")
+    n.add_argument("--music", metavar="FILE", help="music bed under the narration: looped, faded, ducked under speech")
+    n.add_argument("--music-level", metavar="LU",
+                   help="level of the bed while someone speaks, in LU relative to the speech, -40 to -6 (default -20)")
+    n.add_argument("--intro-overlap-ms", metavar="MS",
+                   help="how far the intro's tail runs under the first words, 0-5000 (default 500)")
+    n.add_argument("--speed", help="speech rate 0.5-2.0, pitch kept, pauses unchanged (default 1)")
+    n.add_argument("--lexicon", help='respellings sent to the voice, e.g. "Dify=Dee-fy; SQL=sequel" or a JSON '
+                   "object; @FILE reads them from a file")
     cache = n.add_mutually_exclusive_group()
     cache.add_argument("--cache-dir", type=Path, help=f"TTS cache directory (default {default_cache_dir()})")
     cache.add_argument("--no-cache", action="store_true", help="do not read or write the TTS cache")
@@ -173,22 +194,38 @@ def read_input(source: str) -> str:
     return text
 
 
+def read_lexicon(value: str | None) -> str | None:
+    """--lexicon's value, or the content of the file it names as @FILE (InvalidInput naming `lexicon`)."""
+    if not value or not value.startswith("@"):
+        return value
+    path = Path(value[1:])
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput("lexicon", f"cannot read {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def assign_speakers(
-    found: Sequence[str], given: dict[str, str], voice: str | None, order: Sequence[str]
-) -> dict[str, str]:
-    """Voices for the script's speakers that `given` does not map: the embedded voices in `order` (starting
-    with `voice` if set), skipping ones already used. Returns only the new entries (lower-cased names)."""
-    if "*" in given:
+    found: Sequence[str], given: Mapping[str, SpeakerVoice], voice: str | None, order: Sequence[str]
+) -> dict[str, SpeakerVoice]:
+    """Voices for the script's speakers that `given` does not map, or maps without a voice (`Guest=2:`): the
+    embedded voices in `order` (starting with `voice` if set), skipping ones already used. Returns only the
+    new or completed entries (lower-cased names); a completed entry keeps its model and speed."""
+    fallback = given.get("*")
+    if fallback is not None and fallback.voice is not None:
         return {}
-    used = set(given.values())
+    used = {entry.voice for entry in given.values() if entry.voice}
     pool = [v for v in ([voice] if voice else []) + [v for v in order if v != voice] if v not in used]
     if not pool:
         pool = list(order)
-    assigned: dict[str, str] = {}
+    assigned: dict[str, SpeakerVoice] = {}
     for name in found:
         key = name.strip().lower()
-        if key and key not in given and key not in assigned:
-            assigned[key] = pool[len(assigned) % len(pool)]
+        entry = given.get(key) or fallback
+        if not key or key in assigned or (entry is not None and entry.voice is not None):
+            continue
+        template = entry or SpeakerVoice()
+        assigned[key] = SpeakerVoice(pool[len(assigned) % len(pool)], template.model, template.speed)
     return assigned
 
 
@@ -206,7 +243,7 @@ DEFAULTS = {"pause_ms": 300, "paragraph_pause_ms": 700, "max_chars_per_request":
 
 
 def cmd_narrate(args: argparse.Namespace) -> int:
-    from .engine import SPEAKER_VOICE_ORDER, EspeakEngine
+    from .engine import SPEAKER_VOICE_ORDER, EspeakEngine, embedded_models
     from .model import EncodeOptions, Tags
 
     err = sys.stderr
@@ -232,14 +269,28 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     subs = options.subtitles(args.subtitles)
     max_mb = options.number("max_output_mb", args.max_output_mb, DEFAULTS["max_output_mb"], integer=False)
     speakers = options.speakers(args.speakers)
+    intro = options.local_file("intro", args.intro)
+    outro = options.local_file("outro", args.outro)
+    music = options.local_file("music", args.music)
+    music_level = options.number("music_level", args.music_level, -20.0, integer=False)
+    intro_overlap_ms = int(options.number("intro_overlap_ms", args.intro_overlap_ms, 500))
+    speed = options.speed(args.speed)
+    lexicon = options.lexicon(read_lexicon(args.lexicon))
 
-    engine = EspeakEngine()
-    voice = engine.resolve_voice(args.voice)  # the default voice by name, so stats and timeline show it
-    for name, v in speakers.items():
+    engines = embedded_models()
+    voice = EspeakEngine.resolve_voice(args.voice)  # the default voice by name, so stats and timeline show it
+    for name, entry in speakers.items():
+        if entry.model not in engines:
+            raise InvalidInput(
+                "speakers",
+                f"{name}: there is no embedded model {entry.model}; the local runner has "
+                + ", ".join(f"{i} ({e.cache_namespace})" for i, e in engines.items()),
+            )
         try:
-            speakers[name] = engine.resolve_voice(v)
+            resolved = EspeakEngine.resolve_voice(entry.voice) if entry.voice is not None else None
         except InvalidInput as exc:
             raise InvalidInput("speakers", f"{name}: {str(exc).removeprefix('voice: ')}") from None
+        speakers[name] = dataclasses.replace(entry, voice=resolved)
 
     if to_stdout and subs != "none":
         raise InvalidInput("output", "--subtitles needs a file name for -o (not -)")
@@ -259,7 +310,7 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     auto = assign_speakers(found, speakers, voice, SPEAKER_VOICE_ORDER)
     if auto and not args.quiet:
         shown = {name: auto.get(name.lower(), speakers.get(name.lower())) for name in found}
-        pairs = "; ".join(f"{name}={v}" for name, v in shown.items() if v)
+        pairs = "; ".join(f"{name}={options.speaker_spec(v)}" for name, v in shown.items() if v)
         print(f"speakers: {pairs}   (choose with --speakers)", file=err)
     speakers = {**speakers, **auto}
 
@@ -278,7 +329,15 @@ def cmd_narrate(args: argparse.Namespace) -> int:
         tags=Tags(title=args.title or None, artist=args.artist or None, album=args.album or None),
         subtitles=subs,
         chapters=args.chapters,
-        cache_namespace=engine.cache_namespace,
+        cache_namespace=engines[1].cache_namespace,
+        models={index: e.cache_namespace for index, e in engines.items()},
+        intro=intro,
+        outro=outro,
+        music=music,
+        music_level=music_level,
+        intro_overlap_ms=intro_overlap_ms,
+        speed=speed,
+        lexicon=lexicon,
     )
 
     cache = None
@@ -290,7 +349,7 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     bar = ProgressBar(err) if (err.isatty() and not args.quiet) else None
     started = time.monotonic()
     try:
-        result = narrate(job, engine, cache=cache, progress=bar, output=None if to_stdout else out_path)
+        result = narrate(job, engines, cache=cache, progress=bar, output=None if to_stdout else out_path)
     finally:
         if bar:
             bar.close()
@@ -312,7 +371,8 @@ def cmd_narrate(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=err)
         print(summary("<stdout>" if to_stdout else out_arg, result, elapsed, subs_path), file=err)
     if args.stats:
-        stats = stats_json(result, elapsed, out_arg, subs_path, speakers)
+        specs = {name: options.speaker_spec(entry) for name, entry in speakers.items()}
+        stats = stats_json(result, elapsed, out_arg, subs_path, specs)
         print(json.dumps(stats, indent=2, ensure_ascii=False), file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
@@ -335,6 +395,8 @@ def summary(out: str, result: Any, elapsed: float, subs_path: Path | None) -> st
     line = f"wrote {out}: {', '.join(parts)} ({st.requests} requests, {st.cache_hits} cached) in {elapsed:.1f} s"
     if subs_path:
         line += f"; subtitles: {subs_path}"
+    if st.music_level_lu is not None:
+        line += f"; music bed {st.music_level_lu:.1f} LU under the speech"
     return line
 
 

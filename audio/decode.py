@@ -7,6 +7,10 @@ Speed comes from the process count (DESIGN.md: one process per file costs ~14–
 files are decoded in batches: ONE ffmpeg process with many inputs writing as many raw outputs. Decoder errors
 are not attributable to an input in a batch's stderr, so a batch that reports any error is decoded again
 file by file to name the culprit; that slow path only runs when something is already wrong.
+
+`speeds` (the `speed` option, per file) appends a tempo filter (audio.tempo) to a file's chain in the same
+process, so the decoded files come out at their final rate and every later stage follows without knowing.
+The per-file duration cap applies to the provider's audio before stretching (a slow read is not a bomb).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from . import ffmpeg
+from . import ffmpeg, tempo
 from .cooperate import cooperate
 from .errors import FFmpegError, InvalidAudio
 from .model import AudioFile
@@ -59,8 +63,15 @@ def decode_all(
     max_seconds_per_file: float,
     parallel: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    speeds: Sequence[float | None] | None = None,
 ) -> list[DecodedFile]:
-    """Decode every file (in order) into workdir; raise InvalidAudio naming the call on any decoder error."""
+    """Decode every file (in order) into workdir; raise InvalidAudio naming the call on any decoder error.
+
+    `speeds[i]`: speech rate of file i (None or 1.0 = as delivered); see audio.tempo.
+    """
+    file_speeds = [s if s is not None and not tempo.is_unity(s) else 1.0 for s in (speeds or [None] * len(files))]
+    if len(file_speeds) != len(files):
+        raise ValueError("decode_all: one speed per file")
     workdir.mkdir(parents=True, exist_ok=True)
     inputs: list[Path] = []
     for pos, f in enumerate(files):
@@ -82,12 +93,16 @@ def decode_all(
         for pos in batch:
             args += ffmpeg.input_args(inputs[pos], files[pos].fmt)
         for k, pos in enumerate(batch):
-            args += _output_args(k, outputs[pos], sample_rate, channels, max_seconds_per_file)
+            args += _output_args(
+                k, outputs[pos], sample_rate, channels, max_seconds_per_file, files[pos].reconfigures, file_speeds[pos]
+            )
         timeout = 60 + 2 * sum(files[p].size for p in batch) / 4000  # generous: ~2 s per 4 kB/s·s
         res = ffmpeg.run(args, what="decoding the TTS audio", check=False, timeout=timeout)
         if res.stderr.strip() or any(not outputs[p].exists() for p in batch):
             for pos in batch:
-                _decode_one_strict(files[pos], inputs[pos], outputs[pos], sample_rate, channels, max_seconds_per_file)
+                _decode_one_strict(
+                    files[pos], inputs[pos], outputs[pos], sample_rate, channels, max_seconds_per_file, file_speeds[pos]
+                )
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         for _ in pool.map(run_batch, batches):
@@ -102,7 +117,7 @@ def decode_all(
             inputs[pos].unlink(missing_ok=True)
         size = outputs[pos].stat().st_size
         frames = size // (BYTES_PER_SAMPLE * channels)
-        if frames >= int(max_seconds_per_file * sample_rate):
+        if frames >= int(max_seconds_per_file / file_speeds[pos] * sample_rate):
             raise InvalidAudio(
                 f.call_index,
                 f"file {f.file_index + 1} decodes to more than {max_seconds_per_file:.0f} s of audio; "
@@ -129,20 +144,40 @@ def _batches(count: int, workers: int) -> list[list[int]]:
     return [list(range(a, b)) for a, b in pairwise(bounds)]
 
 
-def _output_args(k: int, out: Path, rate: int, channels: int, max_seconds: float) -> list[str]:
+def _output_args(
+    k: int, out: Path, rate: int, channels: int, max_seconds: float, reconfigures: bool = False, speed: float = 1.0
+) -> list[str]:
+    """Output `k`: float32 at `rate`/`channels`, stretched to `speed` after resampling (the stretcher then
+    works at the final rate), cut at max_seconds of the source's time.
+
+    A stream whose rate or layout changes mid-way makes ffmpeg rebuild the filter graph there, and the
+    resampler's buffered samples are lost at each rebuild: 25–50 ms of speech with soxr, at most 3 ms with
+    swr's default filter (measured: 24→22.05→24 kHz to 16/24/44.1 kHz), so such a file is resampled with swr."""
     layout = "mono" if channels == 1 else "stereo"
+    resampler = "swr" if reconfigures else "soxr"
+    chain = f"aresample=osr={rate}:resampler={resampler},aformat=sample_fmts=flt:channel_layouts={layout}"
+    stretch = tempo.tempo_filter(speed)
+    if stretch:
+        chain += "," + stretch
     return [
         "-map", f"{k}:a:0",
-        "-af", f"aresample=osr={rate}:resampler=soxr,aformat=sample_fmts=flt:channel_layouts={layout}",
-        "-t", f"{max_seconds:.3f}",
+        "-af", chain,
+        "-t", f"{max_seconds / speed:.3f}",
         "-f", "f32le", ffmpeg.file_url(out),
     ]  # fmt: skip
 
 
-def _decode_one_strict(f: AudioFile, src: Path, out: Path, rate: int, channels: int, max_seconds: float) -> None:
+def _decode_one_strict(
+    f: AudioFile, src: Path, out: Path, rate: int, channels: int, max_seconds: float, speed: float = 1.0
+) -> None:
     """Decode a single file; any decoder message is an error that names the call and file."""
     res = ffmpeg.run(
-        ["-v", "error", *ffmpeg.input_args(src, f.fmt), *_output_args(0, out, rate, channels, max_seconds)],
+        [
+            "-v",
+            "error",
+            *ffmpeg.input_args(src, f.fmt),
+            *_output_args(0, out, rate, channels, max_seconds, f.reconfigures, speed),
+        ],
         what="decoding the TTS audio",
         check=False,
         timeout=60 + f.size / 2000,

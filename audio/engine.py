@@ -183,6 +183,14 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in out if s]
 
 
+def _scaled(pcm: bytes, gain_db: float) -> bytes:
+    """s16le PCM attenuated by gain_db (≤ 0, so no clipping)."""
+    import numpy as np
+
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) * np.float32(10 ** (gain_db / 20))
+    return np.round(samples).astype("<i2").tobytes()
+
+
 def _wav_file(pcm: bytes, rate: int) -> bytes:
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
@@ -221,24 +229,34 @@ class EspeakEngine:
     """`Synthesize` for local runs: `engine(text, voice)` → iterator of provider-like chunks.
 
     fmt "mp3" (default) yields one mp3 file per sentence, concatenated; "wav" one WAV file per sentence.
-    chunk_size is the slice length of the yielded stream (the openai plugin uses 1024).
+    chunk_size is the slice length of the yielded stream (the openai plugin uses 1024). gain_db changes the
+    level of the speech, so a second engine can sound like another provider that delivers quieter audio.
     """
 
     def __init__(
-        self, *, fmt: str = "mp3", chunk_size: int = DEFAULT_CHUNK_SIZE, bitrate_kbps: int = DEFAULT_BITRATE_KBPS
+        self,
+        *,
+        fmt: str = "mp3",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        bitrate_kbps: int = DEFAULT_BITRATE_KBPS,
+        gain_db: float = 0.0,
     ) -> None:
         if fmt not in ("mp3", "wav"):
             raise ValueError(f"fmt must be 'mp3' or 'wav', not {fmt!r}")
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
+        if not -40.0 <= gain_db <= 0.0:
+            raise ValueError("gain_db must be between -40 and 0 (the engine's output peaks near full scale)")
         self.fmt = fmt
         self.chunk_size = chunk_size
         self.bitrate_kbps = bitrate_kbps
+        self.gain_db = gain_db
 
     @property
     def cache_namespace(self) -> str:
         """Identifies this engine's output for cache keys (Job.cache_namespace)."""
-        return f"espeak-ng-embedded/{self.fmt}/{self.bitrate_kbps}k"
+        level = f"/{self.gain_db:g}dB" if self.gain_db else ""
+        return f"espeak-ng-embedded/{self.fmt}/{self.bitrate_kbps}k{level}"
 
     @staticmethod
     def voices() -> list[VoiceInfo]:
@@ -261,6 +279,8 @@ class EspeakEngine:
         pcms = []
         for sentence in sentences:
             pcm = _synth_pcm(sentence, voice)
+            if pcm and self.gain_db:
+                pcm = _scaled(pcm, self.gain_db)
             pcms.append(pcm or bytes(2 * int(rate * SILENT_SENTENCE_S)))
         if self.fmt == "wav":
             files = [_wav_file(pcm, rate) for pcm in pcms]
@@ -269,6 +289,14 @@ class EspeakEngine:
         data = b"".join(files)
         for pos in range(0, len(data), self.chunk_size):
             yield data[pos : pos + self.chunk_size]
+
+
+def embedded_models() -> dict[int, EspeakEngine]:
+    """The local runner's TTS models, by the index `--speakers "Guest=2:voice"` picks (model, model_2 in the
+    Dify tool). 1 answers like OpenAI (an mp3 per sentence in 1024-byte slices); 2 like a provider that sends
+    a whole WAV per sentence at the engine's 22.05 kHz, 10 dB quieter: two providers joined without a network.
+    """
+    return {1: EspeakEngine(), 2: EspeakEngine(fmt="wav", chunk_size=4096, gain_db=-10.0)}
 
 
 def _resolve(voice: str | None) -> _Voice:

@@ -23,11 +23,24 @@ class InvalidAudio(PipelineError):
     """What a TTS call returned is not (entirely) audio we can use.
 
     `call_index` is the 0-based request index, `sniffed` what the bytes looked like, `preview` the first
-    ~200 printable characters (a provider's JSON/HTML error body is usually the explanation).
+    ~200 printable characters (a provider's JSON/HTML error body is usually the explanation). `retryable` is
+    False when the answer is well-formed audio (or a link, a playlist, encoded text) in a form the pipeline
+    cannot use: the same request would get the same answer, so it is not asked again.
     """
 
-    def __init__(self, call_index: int | None, message: str, *, sniffed: str = "", preview: str = "") -> None:
+    def __init__(
+        self,
+        call_index: int | None,
+        message: str,
+        *,
+        sniffed: str = "",
+        preview: str = "",
+        model: str = "",
+        retryable: bool = True,
+    ) -> None:
         where = f"TTS call #{call_index + 1}" if call_index is not None else "audio"
+        if model:
+            where += f" ({model})"
         text = f"{where}: {message}"
         if sniffed:
             text += f" (looks like: {sniffed})"
@@ -35,21 +48,38 @@ class InvalidAudio(PipelineError):
             text += f"; it starts with: {preview!r}"
         super().__init__(text)
         self.call_index = call_index
+        self.message = message
         self.sniffed = sniffed
         self.preview = preview
+        self.model = model  # which model answered, e.g. "model_2 minimax/speech-01" ("" = not known here)
+        self.retryable = retryable  # False: a well-formed answer in a format we cannot use; asking again pays twice
 
 
 class SynthesisFailed(PipelineError):
     """A TTS request still failed after its retries. Names the request and the provider's message."""
 
-    def __init__(self, index: int, text: str, provider_message: str, attempts: int) -> None:
+    def __init__(self, index: int, text: str, provider_message: str, attempts: int, model: str = "") -> None:
         first_words = " ".join(text.split()[:8])
+        which = f"{model}, " if model else ""
         super().__init__(
-            f"TTS request #{index + 1} (\"{first_words}…\") failed after {attempts} attempt(s): {provider_message}"
+            f"TTS request #{index + 1} ({which}\"{first_words}…\") failed after {attempts} attempt(s): "
+            f"{provider_message}"
         )
         self.index = index
         self.provider_message = provider_message
         self.attempts = attempts
+        self.model = model  # e.g. "model_2 minimax/speech-01"
+
+
+class VoiceRefused(SynthesisFailed):
+    """The provider (or the daemon) refused the voice: not retried, and the job stops after that one call.
+    `voice` is the voice the request asked for (None = the provider's default, i.e. the tool's placeholder)."""
+
+    def __init__(
+        self, index: int, text: str, provider_message: str, attempts: int, voice: str | None, model: str = ""
+    ) -> None:
+        super().__init__(index, text, provider_message, attempts, model=model)
+        self.voice = voice
 
 
 class OutputTooLarge(PipelineError):

@@ -52,7 +52,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "decoder": ("mp3", "aac", "opus", "vorbis", "flac", "pcm_s16le", "pcm_f32le"),
     "muxer": ("mp3", "mp4", "ipod", "ogg", "flac", "wav", "null", "f32le"),
     "demuxer": ("mp3", "wav", "ogg", "flac", "aac", "mov", "mp4", "f32le", "s16le", "ffmetadata"),
-    "filter": ("aresample", "aformat", "alimiter", "ebur128", "astats", "volume", "lowpass", "pan", "anull"),
+    "filter": ("aresample", "aformat", "alimiter", "ebur128", "astats", "volume", "lowpass", "pan", "anull", "atempo"),
 }
 MIN_LOOPBACK_MAJOR = 7  # the first release with `-dec` (for the messages; the probe runs it)
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # synthesize(text, voice) -> the provider's chunks, in order. voice None = the provider's default.
 Synthesize = Callable[[str, str | None], Iterable[bytes]]
+# One Synthesize per TTS model a job may use: model index (1 = `model`, 2 = `model_2`, 3 = `model_3`) → callable.
+# Each model is its own provider (own rate limit, own concurrency bound); a plain Synthesize means {1: it}.
+Synthesizers = Mapping[int, Synthesize]
+# Model index → the tool parameter (model selector) that chooses it.
+MODEL_PARAMS = {1: "model", 2: "model_2", 3: "model_3"}
 
 # Container/codec names used across the project (also ffmpeg demuxer names, except "aac" → "aac" ADTS).
 AUDIO_FORMATS = ("mp3", "wav", "ogg", "flac", "aac")
@@ -26,11 +31,24 @@ class AudioFile:
     truncated: bool = False  # the last frame/page was cut short and dropped
     note: str = ""  # human-readable remark (e.g. what was dropped)
     path: Path | None = None  # where the bytes are when spooled to disk (audio.synth); `data` is then empty
+    # The sample rate or channel count changes inside this one stream (mp3/ADTS frames without a new file
+    # header): one file to the timeline; sample_rate/channels are then the highest the stream holds.
+    reconfigures: bool = False
 
     @property
     def size(self) -> int:
         """Bytes of the file, wherever they are."""
         return self.path.stat().st_size if self.path is not None else len(self.data)
+
+
+@dataclass(frozen=True)
+class SpeakerVoice:
+    """Where one speaker's lines go: which model (1, 2 or 3), which voice (None = that model's default voice)
+    and at what speech rate (None = the job's). Parsed from `Name=[N:]voice[@speed]` by audio.options."""
+
+    voice: str | None = None
+    model: int = 1
+    speed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,16 @@ class Request:
     speaker: str | None = None
     section: str | None = None  # title of the markdown section this request belongs to
     pause_before_ms: int = 0  # silence inserted before this request's audio (after seam trimming)
+    model: int = 1  # which TTS model reads it: 1 = `model`, 2 = `model_2`, 3 = `model_3`
+    speed: float | None = None  # speech rate of this request; None = the job's `speed`
+    spoken: str | None = None  # what the TTS model is sent when a lexicon respelled `text` (None = `text`)
+
+    @property
+    def tts_text(self) -> str:
+        """The text sent to the TTS model and hashed for the cache: `text` with the lexicon's respellings.
+
+        `text` itself stays the original: subtitles, the timeline and stats show what the reader wrote."""
+        return self.text if self.spoken is None else self.spoken
 
 
 @dataclass(frozen=True)
@@ -66,6 +94,7 @@ class TimelineEntry:
     speaker: str | None = None
     voice: str | None = None
     section: str | None = None
+    model: int = 1  # the request's model index (see Request.model)
 
 
 @dataclass(frozen=True)
@@ -128,6 +157,13 @@ class Stats:
     cache_misses: int = 0
     truncated_files: int = 0
     warnings: list[str] = field(default_factory=list)
+    # the finished episode (audio.production); None when not used
+    intro_s: float | None = None
+    outro_s: float | None = None
+    music_level_lu: float | None = None  # the bed's loudness under speech relative to the speech, measured
+    speech_loudness_lufs: float | None = None  # the speech's loudness in the file (the mix's minus the bed's share)
+    speed: float = 1.0  # the job's speech rate (`speed`); per-speaker rates come from the speaker mapping
+    respellings: int = 0  # words the lexicon replaced in what was sent to the TTS model
 
 
 @dataclass(frozen=True)

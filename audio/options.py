@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 from typing import Any
 
+from . import lexicon as _lexicon
+from . import tempo
 from .errors import InvalidInput
-from .model import LOUDNESS_PRESETS, LoudnessTarget
+from .model import LOUDNESS_PRESETS, MODEL_PARAMS, LoudnessTarget, SpeakerVoice
 
 OUTPUT_FORMATS = ("mp3", "m4a", "ogg", "flac", "wav")
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -26,6 +30,9 @@ LIMITS: dict[str, tuple[float, float]] = {
     "max_chars_per_request": (50, 4_000),
     "concurrency": (1, 16),
     "max_output_mb": (1, 200),
+    "music_level": (-40, -6),  # LU relative to the speech, while someone speaks
+    "intro_overlap_ms": (0, 5_000),
+    "speed": (tempo.MIN_SPEED, tempo.MAX_SPEED),
 }
 
 
@@ -138,10 +145,21 @@ def boolean(param: str, value: Any, default: bool | None) -> bool | None:
     raise InvalidInput(param, f"{value!r} is not true or false")
 
 
-def speakers(value: Any) -> dict[str, str]:
-    """`Host=alloy; Guest=nova` (also `,` or newlines as separators) or a JSON object → {name: voice}.
+# Speech rate of one speaker (`Name=voice@1.2`): the range every TTS provider and ffmpeg's atempo handle well.
+SPEAKER_SPEED = (0.5, 2.0)
+_MODEL_PREFIX_RE = re.compile(r"\s*(\d+)\s*:")
+_JSON_FIELDS = ("model", "voice", "speed")
 
-    Names are matched case-insensitively, so keys are stored lower-cased; `*` is the fallback voice.
+
+def speakers(value: Any) -> dict[str, SpeakerVoice]:
+    """The speaker mapping → {lower-cased name: SpeakerVoice}; `*` is the fallback for unmapped speakers.
+
+    Text form: `Name=[N:]voice[@speed]` separated by `;`, `,` or newlines, e.g. `Host=alloy; Guest=2:nova@1.2;
+    *=echo`. `N:` (1, 2 or 3) picks the model selector `model`, `model_2` or `model_3`; `Guest=2:` means
+    model_2 with its selector's voice; `@speed` is the speech rate (0.5-2.0). `Name:voice` (no `=`) is read
+    as `Name=voice`. JSON form: an object whose values are such specs (`{"Guest": "2:nova@1.2"}`) or objects
+    (`{"Guest": {"model": 2, "voice": "nova", "speed": 1.2}}`). Names are matched case-insensitively.
+    Every problem raises InvalidInput("speakers") naming the speaker.
     """
     if _blank(value):
         return {}
@@ -149,11 +167,11 @@ def speakers(value: Any) -> dict[str, str]:
         pairs = list(value.items())
     else:
         text = str(value).strip()
-        if text.startswith("{"):
+        if text.startswith(("{", "[")):
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise InvalidInput("speakers", f"invalid JSON object: {exc.msg}") from None
+                raise InvalidInput("speakers", f"invalid JSON object: {exc.msg} (at character {exc.pos})") from None
             if not isinstance(obj, dict):
                 raise InvalidInput("speakers", "the JSON value must be an object of name: voice")
             pairs = list(obj.items())
@@ -162,18 +180,120 @@ def speakers(value: Any) -> dict[str, str]:
             for part in text.replace("\n", ";").replace(",", ";").split(";"):
                 if not part.strip():
                     continue
-                name, sep, voice = part.partition("=")
+                name, sep, spec = part.partition("=")
                 if not sep:
-                    name, sep, voice = part.partition(":")
+                    name, sep, spec = part.partition(":")
                 if not sep:
-                    raise InvalidInput("speakers", f"{part.strip()!r} is not of the form Name=voice")
-                pairs.append((name, voice))
-    result: dict[str, str] = {}
-    for name, voice in pairs:
-        key, val = str(name).strip().lower(), str(voice).strip()
-        if not key or not val:
-            raise InvalidInput("speakers", f"empty name or voice in {name!r}={voice!r}")
-        if len(key) > 64 or len(val) > 128:
-            raise InvalidInput("speakers", f"name or voice too long in {name!r}")
-        result[key] = val
+                    raise InvalidInput(
+                        "speakers", f"{part.strip()!r} is not of the form Name=voice (or Name=N:voice@speed)"
+                    )
+                pairs.append((name, spec))
+    result: dict[str, SpeakerVoice] = {}
+    for name, spec in pairs:
+        key = " ".join(str(name).split()).lower()
+        if not key:
+            raise InvalidInput("speakers", f"a speaker name is empty (in {name!r}: {spec!r})")
+        if len(key) > 64:
+            raise InvalidInput("speakers", f"the speaker name {str(name)[:40]!r}… is longer than 64 characters")
+        result[key] = speaker_voice(str(name).strip(), spec)
     return result
+
+
+def speaker_voice(name: str, spec: Any) -> SpeakerVoice:
+    """One speaker's SpeakerVoice from a text spec (`[N:]voice[@speed]`) or a JSON object; see speakers()."""
+    if isinstance(spec, SpeakerVoice):
+        return spec
+    if isinstance(spec, dict):
+        unknown = [k for k in spec if k not in _JSON_FIELDS]
+        if unknown:
+            raise InvalidInput(
+                "speakers", f"{name}: unknown field {unknown[0]!r}; an entry may have {', '.join(_JSON_FIELDS)}"
+            )
+        model = _model_index(name, spec.get("model", 1))
+        voice = spec.get("voice")
+        if voice is not None and not isinstance(voice, str):
+            raise InvalidInput("speakers", f"{name}: the voice must be a string, not {voice!r}")
+        raw_speed = spec.get("speed")
+        speed = None if raw_speed is None or raw_speed == "" else _speed(name, raw_speed)
+        return SpeakerVoice(_voice(name, voice), model, speed)
+    if not isinstance(spec, str):
+        raise InvalidInput(
+            "speakers", f"{name}: {spec!r} is not a voice; give \"[N:]voice[@speed]\" or {{\"model\": N, "
+            "\"voice\": ..., \"speed\": ...}"
+        )
+    text = spec.strip()
+    model, prefixed = 1, _MODEL_PREFIX_RE.match(text)
+    if prefixed:
+        model, text = _model_index(name, prefixed[1]), text[prefixed.end() :]
+    speed = None
+    if "@" in text:
+        text, _, raw = text.rpartition("@")
+        speed = _speed(name, raw)
+    if not text.strip() and not prefixed and speed is None:
+        raise InvalidInput(
+            "speakers", f"{name}: no voice; write {name}=voice, or {name}=2: for model_2 with its selector's voice"
+        )
+    return SpeakerVoice(_voice(name, text), model, speed)
+
+
+def speaker_spec(entry: SpeakerVoice) -> str:
+    """The text form of one entry, as speakers() reads it back: "alloy", "2:nova@1.2", "2:"."""
+    text = f"{entry.model}:" if entry.model != 1 else ""
+    text += entry.voice or ""
+    if entry.speed is not None:
+        text += f"@{entry.speed:g}"
+    return text or "1:"
+
+
+def _voice(name: str, voice: str | None) -> str | None:
+    text = (voice or "").strip()
+    if len(text) > 128:
+        raise InvalidInput("speakers", f"{name}: the voice {text[:40]!r}… is longer than 128 characters")
+    if any(not ch.isprintable() for ch in text):
+        raise InvalidInput("speakers", f"{name}: the voice {text!r} has control characters")
+    return text or None
+
+
+def _model_index(name: str, value: Any) -> int:
+    """1, 2 or 3 from 2, "2", "model_2" (also "model" for 1)."""
+    text = str(value).strip().lower()
+    by_param = {param: index for index, param in MODEL_PARAMS.items()}
+    if not isinstance(value, bool) and isinstance(value, int | str) and (text in by_param or text.isdigit()):
+        index = by_param.get(text) or int(text)
+        if index in MODEL_PARAMS:
+            return index
+    choices = ", ".join(f"{i} ({p})" for i, p in MODEL_PARAMS.items())
+    raise InvalidInput("speakers", f"{name}: model {value!r} does not exist; use {choices}")
+
+
+def _speed(name: str, value: Any) -> float:
+    lo, hi = SPEAKER_SPEED
+    try:
+        speed = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise InvalidInput("speakers", f"{name}: the speed {value!r} after '@' is not a number") from None
+    if isinstance(value, bool) or not math.isfinite(speed) or not lo <= speed <= hi:
+        raise InvalidInput("speakers", f"{name}: the speed {value!r} is out of range; allowed {lo:g} to {hi:g}")
+    return speed
+
+
+def local_file(param: str, value: Any) -> Path | None:
+    """A path to an existing, non-empty file (intro/outro/music in the CLI); blank means none."""
+    if _blank(value):
+        return None
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        raise InvalidInput(param, f"{str(value)!r} is not a file")
+    if path.stat().st_size == 0:
+        raise InvalidInput(param, f"{str(value)!r} is empty")
+    return path
+
+
+def speed(value: Any) -> float:
+    """Speech rate, 0.5–2.0 (1.0 = as the model speaks; blank = 1.0)."""
+    return float(number("speed", value, 1.0, integer=False))
+
+
+def lexicon(value: Any) -> _lexicon.Lexicon | None:
+    """Pronunciation respellings (`Dify=Dee-fy; SQL=sequel` or a JSON object); see audio.lexicon."""
+    return _lexicon.parse(value)

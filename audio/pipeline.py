@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import assemble, decode, ffmpeg, master, script, subtitles, synth, tags
+from . import assemble, decode, ffmpeg, master, media, production, script, subtitles, synth, tags
 from .cache import Cache
 from .errors import InvalidAudio, InvalidInput, OutputTooLarge, PipelineError
+from .lexicon import Lexicon
 from .model import (
     LOUDNESS_PRESETS,
     Chapter,
@@ -25,8 +26,10 @@ from .model import (
     Plan,
     Request,
     Result,
+    SpeakerVoice,
     Stats,
     Synthesize,
+    Synthesizers,
     Tags,
     TimelineEntry,
 )
@@ -70,7 +73,9 @@ class Job:
 
     text: str
     voice: str | None = None  # default voice; None = the provider's default
-    speakers: dict[str, str] = field(default_factory=dict)  # lower-cased name → voice; "*" = fallback
+    # lower-cased name → SpeakerVoice (model, voice, speed; see audio.options.speakers) or a plain voice name;
+    # "*" = fallback
+    speakers: Mapping[str, SpeakerVoice | str] = field(default_factory=dict)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     loudness: LoudnessTarget = LOUDNESS_PRESETS["podcast"]
     pause_ms: int = 300
@@ -86,14 +91,34 @@ class Job:
     max_text_chars: int = 200_000
     max_seconds_per_call: float = 1800.0  # decoded duration cap of one TTS call
     max_total_seconds: float = 6 * 3600.0
-    cache_namespace: str = ""  # identifies engine/provider+model for cache keys
+    cache_namespace: str = ""  # identifies engine/provider+model for cache keys (model 1 when `models` lacks it)
+    # Model index → name (e.g. "provider/model"): names it in messages and is its cache namespace.
+    models: Mapping[int, str] = field(default_factory=dict)
+    # Model index → its default voice (the selector's), for speakers mapped without one (`Guest=2:`); model 1's
+    # default is `voice`.
+    model_voices: Mapping[int, str | None] = field(default_factory=dict)
     stall_timeout_s: float = 120.0  # a TTS call that sends nothing for this long fails
     time_budget_s: float | None = None  # the caller's execution limit (Dify: 600 s); None = unlimited
+    # the finished episode (audio.production): local files, checked before any TTS call
+    intro: Path | None = None
+    outro: Path | None = None
+    music: Path | None = None
+    music_level: float = production.MUSIC_LEVEL_DEFAULT_LU  # LU relative to the speech, while someone speaks
+    intro_overlap_ms: int = production.INTRO_OVERLAP_DEFAULT_MS
+
+    @property
+    def produced(self) -> bool:
+        """True when the speech gets an intro, an outro or a music bed."""
+        return any(p is not None for p in (self.intro, self.outro, self.music))
+
+
+    speed: float = 1.0  # speech rate, pitch kept (audio.tempo); a Request's own `speed` overrides it
+    lexicon: Lexicon | None = None  # respellings for what the TTS model is sent (audio.lexicon)
 
 
 def narrate(
     job: Job,
-    synthesize: Synthesize,
+    synthesize: Synthesize | Synthesizers,
     *,
     cache: Cache | None = None,
     progress: Progress | None = None,
@@ -101,6 +126,9 @@ def narrate(
     output: str | Path | None = None,
 ) -> Result:
     """Run the whole pipeline. Raises audio.errors.PipelineError subclasses on user-facing failures.
+
+    `synthesize`: the speech engine, or {model index: engine} when speakers use several models (see
+    audio.synth.run: each request goes to its model, `concurrency` applies per model).
 
     `output`: a path to put the finished file at (atomically); the Result then carries that path and empty
     `data`, so the audio is never held in memory (the CLI writes files this way).
@@ -114,18 +142,24 @@ def narrate(
         raise InvalidInput(
             "text", f"has {len(job.text):,} characters; the limit is {job.max_text_chars:,}. Split it into parts."
         )
-    stats = Stats()
+    stats = Stats(speed=job.speed)
     plan = script.plan(
         job.text,
         voice=job.voice,
         speakers=job.speakers or None,
+        model_voices=job.model_voices or None,
         max_chars=job.max_chars_per_request,
         pause_ms=job.pause_ms,
         paragraph_pause_ms=job.paragraph_pause_ms,
         sentence_per_request=job.subtitles != "none",
     )
+    plan = respell(plan, job.lexicon, stats)
     check_budget(plan.requests, job)
     ffmpeg.require()  # no usable ffmpeg: stop here, before any TTS call is made (and paid for)
+    for param in ("intro", "outro", "music"):  # a bad file fails here, before any TTS call
+        path = getattr(job, param)
+        if path is not None:
+            media.check(param, Path(path), None if param == "music" else production.MAX_JINGLE_S)
     with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=workdir) as tmp:
         return _run(job, plan, synthesize, cache, progress, Path(tmp), stats, Path(output) if output else None)
 
@@ -133,7 +167,7 @@ def narrate(
 def _run(
     job: Job,
     plan: Plan,
-    synthesize: Synthesize,
+    synthesize: Synthesize | Synthesizers,
     cache: Cache | None,
     progress: Progress | None,
     tmp: Path,
@@ -154,6 +188,7 @@ def _run(
         stall_timeout_s=job.stall_timeout_s,
         cache=cache,
         namespace=job.cache_namespace,
+        models=job.models,
         stats=stats,
         progress=report("synthesize"),
         spool=spool,
@@ -162,6 +197,7 @@ def _run(
     for f in files:
         if f.truncated:
             stats.truncated_files += 1
+        if f.truncated or f.note:  # what was dropped or skipped (junk, stray bytes) is never silent
             stats.warnings.append(f"TTS call #{f.call_index + 1}: {f.note or 'last frame was cut short'}")
 
     rate = decode.programme_rate(files, job.encode.sample_rate)
@@ -173,6 +209,7 @@ def _run(
         channels=channels,
         max_seconds_per_file=job.max_seconds_per_call,
         progress=report("decode"),
+        speeds=[call.request.speed or job.speed for call in calls for _ in call.files],
     )
     total_s = sum(d.duration_s for d in decoded)
     if total_s > job.max_total_seconds:
@@ -201,17 +238,24 @@ def _run(
     if programme.frames == 0:
         raise InvalidAudio(None, "every TTS call returned only silence; nothing to save")
 
+    target = job.loudness
+    speech_shift = 0.0
+    if job.produced:
+        programme, target, speech_shift = _produce(job, programme, tmp, stats)
+
     encoded = master.master(
         programme.path,
         rate,
         channels,
         programme.integrated_lufs,
         programme.rms_db,
-        job.loudness,
+        target,
         job.encode,
         tmp,
     )
     stats.warnings.extend(encoded.notes)
+    if job.produced and encoded.loudness_lufs is not None:
+        stats.speech_loudness_lufs = round(encoded.loudness_lufs - speech_shift, 2)
     chapter_list = chapters_for(programme.timeline, plan, job, programme.duration_s)
     stats.warnings.extend(tags.write_tags(encoded.path, encoded.fmt, job.tags, chapter_list))
     size = encoded.path.stat().st_size
@@ -251,6 +295,66 @@ def _run(
         subtitles_format=job.subtitles if subs is not None else None,
         path=output,
     )
+
+
+# The mix may differ from the speech's loudness by at most this much when the target is aimed at the speech
+# (a loud bed); beyond it the speech gives way so the file still meets the target within ±1 LU.
+MAX_MIX_OFFSET_LU = 0.5
+
+
+def _produce(
+    job: Job, speech: assemble.Programme, tmp: Path, stats: Stats
+) -> tuple[assemble.Programme, LoudnessTarget, float]:
+    """Mix intro, speech, music bed and outro; return the mixed programme, the loudness target master must
+    aim the MIX at so the SPEECH lands on the job's target, and the measured mix − speech loudness difference
+    (which a uniform gain keeps: the speech's loudness in the file is the file's minus it).
+
+    Master normalizes what it is given. Given the mix, it would pull the speech down by whatever the bed adds;
+    so the target is moved by the measured (mix − speech) offset, capped at ±MAX_MIX_OFFSET_LU so the file
+    as a whole still meets the target within ±1 LU.
+    """
+    made = production.produce(
+        speech,
+        tmp,
+        tmp / "episode.f32",
+        intro=job.intro,
+        outro=job.outro,
+        music=job.music,
+        music_level_lu=job.music_level,
+        intro_overlap_s=job.intro_overlap_ms / 1000,
+    )
+    speech.path.unlink(missing_ok=True)
+    stats.warnings.extend(made.warnings)
+    stats.intro_s = None if made.intro_s is None else round(made.intro_s, 3)
+    stats.outro_s = None if made.outro_s is None else round(made.outro_s, 3)
+    stats.music_level_lu = made.music_level_lu
+    delta = 0.0 if made.mix_lufs is None else made.mix_lufs - made.speech_lufs
+    offset = max(-MAX_MIX_OFFSET_LU, min(MAX_MIX_OFFSET_LU, delta))
+    target = job.loudness
+    if target.integrated is not None and offset:
+        target = replace(target, integrated=target.integrated + offset)
+    mixed = replace(
+        speech,
+        path=made.path,
+        frames=made.frames,
+        timeline=made.timeline,
+        integrated_lufs=made.mix_lufs,
+        rms_db=made.mix_rms_db,
+    )
+    return mixed, target, delta
+
+
+def respell(plan: Plan, lexicon: Lexicon | None, stats: Stats) -> Plan:
+    """The plan with each request's `spoken` text (what the TTS model reads) respelled by the lexicon; `text`
+    stays the author's, for subtitles, the timeline and stats. Counts the replacements in stats."""
+    if lexicon is None:
+        return plan
+    requests = []
+    for req in plan.requests:
+        spoken, count = lexicon.apply(req.text)
+        stats.respellings += count
+        requests.append(replace(req, spoken=spoken) if count else req)
+    return replace(plan, requests=requests)
 
 
 def deliver(src: Path, dest: Path) -> None:
@@ -320,8 +424,11 @@ def check_budget(requests: list[Request], job: Job) -> None:
     """
     if not job.time_budget_s:
         return
-    per_call = [MIN_CALL_S + len(r.text) / CHARS_PER_AUDIO_S / FASTEST_REALTIME_FACTOR for r in requests]
-    optimistic = sum(per_call) / max(1, job.concurrency)
+    per_model: dict[int, float] = {}  # each model has its own `concurrency` calls at once
+    for r in requests:
+        call_s = MIN_CALL_S + len(r.text) / CHARS_PER_AUDIO_S / FASTEST_REALTIME_FACTOR
+        per_model[r.model] = per_model.get(r.model, 0.0) + call_s
+    optimistic = max(per_model.values(), default=0.0) / max(1, job.concurrency)
     if optimistic > job.time_budget_s:
         raise InvalidInput(
             "text",

@@ -17,7 +17,8 @@ Speaker labels (only at the start of a line, after an optional blockquote `>`):
   * A turn with no words in it (e.g. a `[Music]` cue) is ignored.
 Voices: a labelled turn uses speakers[name] → speakers["*"] → if a mapping was given, `InvalidInput("speakers")`
 naming the speakers found and the ones mapped; with no mapping every turn uses `voice`. Unlabelled text and
-headings use `voice` (or speakers["*"] when `voice` is None).
+headings use `voice` (or speakers["*"] when `voice` is None). A mapping entry also carries the turn's model
+(1-3) and speed into its requests; an entry without a voice gets its model's default voice (`model_voices`).
 
 Markdown: ATX and setext (single-line) headings start sections and are read as their own request; emphasis,
 strikethrough, list bullets, task boxes, blockquote markers, HTML/SSML tags, comments, footnote marks and
@@ -67,13 +68,13 @@ import re
 import textwrap
 import unicodedata
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .cooperate import cooperate
 from .errors import InvalidInput
-from .model import Plan, Request
+from .model import Plan, Request, SpeakerVoice
 
 __all__ = ["plan"]
 
@@ -801,7 +802,8 @@ def plan(
     text: str,
     *,
     voice: str | None = None,
-    speakers: dict[str, str] | None = None,
+    speakers: Mapping[str, str | SpeakerVoice] | None = None,
+    model_voices: Mapping[int, str | None] | None = None,
     max_chars: int = 600,
     pause_ms: int = 300,
     paragraph_pause_ms: int = 700,
@@ -809,7 +811,12 @@ def plan(
     max_pause_ms: int = 10_000,
     max_requests: int = 5_000,
 ) -> Plan:
-    """Turn text into TTS requests. See the module docstring for the rules. Raises InvalidInput."""
+    """Turn text into TTS requests. See the module docstring for the rules. Raises InvalidInput.
+
+    `speakers` values are SpeakerVoice (model, voice, speed; see audio.options.speakers) or plain voice names
+    (model 1). `model_voices`: the default voice of each model, for a speaker mapped without a voice
+    (`Guest=2:`); model 1's default is `voice`.
+    """
     if not isinstance(text, str):
         raise InvalidInput("text", "must be a string")
     if max_chars < 1:
@@ -821,7 +828,10 @@ def plan(
     ):
         if value < 0:
             raise InvalidInput(name, f"{value} must not be negative")
-    mapping = {str(k).strip().lower(): v for k, v in (speakers or {}).items()}
+    mapping = {
+        str(k).strip().lower(): v if isinstance(v, SpeakerVoice) else SpeakerVoice(v)
+        for k, v in (speakers or {}).items()
+    }
     tick = cooperate
 
     text = "\n".join(text.splitlines())
@@ -890,9 +900,22 @@ def plan(
         what = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items())
         raise InvalidInput("text", "there is nothing to read aloud" + (f" (skipped: {what})" if what else ""))
 
-    voices = _voices(builder.out, spoken_by, mapping, voice)
+    defaults = {**(model_voices or {}), 1: voice}
+    voices = [
+        SpeakerVoice(sv.voice if sv.voice is not None else defaults.get(sv.model), sv.model, sv.speed)
+        for sv in _voices(builder.out, spoken_by, mapping, voice)
+    ]
     requests = [
-        Request(index=k, text=o.text, voice=voices[k], speaker=o.speaker, section=o.section, pause_before_ms=o.pause)
+        Request(
+            index=k,
+            text=o.text,
+            voice=voices[k].voice,
+            speaker=o.speaker,
+            section=o.section,
+            pause_before_ms=o.pause,
+            model=voices[k].model,
+            speed=voices[k].speed,
+        )
         for k, o in enumerate(builder.out)
     ]
     return Plan(requests=requests, sections=builder.sections, speakers=spoken_by, skipped=skipped)
@@ -908,10 +931,13 @@ def _accepted_colon_names(events: list[_Ev], mapping: dict[str, str]) -> set[str
     return accepted
 
 
-def _voices(out: list[_Out], spoken_by: list[str], mapping: dict[str, str], voice: str | None) -> list[str | None]:
-    default = voice if voice is not None else mapping.get("*")
+def _voices(
+    out: list[_Out], spoken_by: list[str], mapping: dict[str, SpeakerVoice], voice: str | None
+) -> list[SpeakerVoice]:
+    """Model, voice and speed of each request (voice None = its model's default)."""
+    default = SpeakerVoice(voice) if voice is not None else mapping.get("*", SpeakerVoice())
     if not mapping:
-        return [voice] * len(out)
+        return [default] * len(out)
     missing = [name for name in spoken_by if name.lower() not in mapping and "*" not in mapping]
     if missing:
         mapped = ", ".join(k for k in mapping if k != "*") or "none"
@@ -920,4 +946,5 @@ def _voices(out: list[_Out], spoken_by: list[str], mapping: dict[str, str], voic
             f"no voice for {', '.join(missing)}; speakers in the text: {', '.join(spoken_by)}; mapped: {mapped}. "
             "Add the missing names (Name=voice) or a fallback '*=voice'.",
         )
-    return [default if o.speaker is None else mapping.get(o.speaker.lower(), mapping.get("*")) for o in out]
+    fallback = mapping.get("*", SpeakerVoice())
+    return [default if o.speaker is None else mapping.get(o.speaker.lower(), fallback) for o in out]

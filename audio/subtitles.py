@@ -28,9 +28,12 @@ from .model import TimelineEntry
 MAX_LINE_CHARS = 42
 MAX_LINES = 2
 SUBTITLE_FORMATS = ("srt", "vtt")
-# What to announce for each format. Python's mimetypes maps text/vtt → .vtt; application/x-subrip has no
-# entry in its built-in table (only in /etc/mime.types), so also pass the filename to whoever stores it.
-MIME_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt"}
+# What to announce for each format. Dify stores a tool file under mimetypes.guess_extension(mime_type), and its
+# API image may lack /etc/mime.types: `application/x-subrip` has no extension in Python's table nor in Debian's
+# (stored as .bin, an opaque "custom" file), while `text/plain` is .txt everywhere (a readable document; Python's
+# own table maps .srt to text/plain too). The `filename` in the message's meta keeps the .srt name, which
+# newer Dify versions also take the extension from.
+MIME_TYPES = {"srt": "text/plain", "vtt": "text/vtt"}
 
 _WS = re.compile(r"\s+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

@@ -5,8 +5,13 @@ retry loop, so a provider that once answers with a JSON rate-limit body instead 
 that raised. The first request that still fails stops the job: remaining requests are not started, and the
 error names the request, because returning audio with a missing part is never acceptable.
 
-Concurrency uses a ThreadPoolExecutor. Under the Dify SDK, gevent has patched threading, so the workers are
+Concurrency uses one ThreadPoolExecutor per TTS model, each bounded by `concurrency`: a job that sends a guest's
+lines to a second provider is not slowed by the first provider's rate limit, and neither provider sees more
+than `concurrency` calls at once. Under the Dify SDK, gevent has patched threading, so the workers are
 greenlets and each backwards invocation waits cooperatively; in the CLI they are real threads.
+
+Every log line and error names the model next to the request ("TTS request #4 (model_2 minimax/speech-01 …")
+when the caller gave the models names.
 """
 
 from __future__ import annotations
@@ -14,15 +19,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .cache import Cache, cache_key
-from .errors import InvalidAudio, InvalidInput, SynthesisFailed
-from .model import AudioFile, Request, Stats, Synthesize
+from .errors import InvalidAudio, InvalidInput, SynthesisFailed, VoiceRefused
+from .model import MODEL_PARAMS, AudioFile, Request, Stats, Synthesize, Synthesizers
 from .segments import split_call
+from .voices import VoiceGate, voice_refused
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ class _Cancelled(Exception):
 
 def run(
     requests: Sequence[Request],
-    synthesize: Synthesize,
+    synthesize: Synthesize | Synthesizers,
     *,
     concurrency: int = 4,
     attempts: int = 3,
@@ -55,18 +61,31 @@ def run(
     stall_timeout_s: float = 120.0,
     cache: Cache | None = None,
     namespace: str = "",
+    models: Mapping[int, str] | None = None,
     stats: Stats | None = None,
     progress: Callable[[int, int], None] | None = None,
     spool: Path | None = None,
 ) -> list[CallResult]:
     """Synthesize every request and return their results in request order.
 
+    `synthesize`: one callable (every request is model 1's) or {model index: callable}; each request goes to
+    its `Request.model`, and at most `concurrency` calls run at once per model. `models`: model index → name
+    (e.g. "provider/model"), used in messages and as that model's cache namespace; model 1 falls back to
+    `namespace`.
+
     `spool`: a directory to keep the audio files in instead of memory (each call's files are written there as
     soon as the call is validated), so memory does not grow with the length of the text.
 
-    Raises SynthesisFailed (provider errors, stalls) or InvalidAudio (non-audio answers) for the first
-    request that fails after `attempts` tries; InvalidInput from the engine (e.g. unknown voice) is not retried.
+    Raises InvalidInput("speakers") before any call when a request's model has no callable; SynthesisFailed
+    (provider errors, stalls) or InvalidAudio (non-audio answers) for the first request that fails after
+    `attempts` tries; InvalidInput from the engine (e.g. unknown voice) is not retried, nor is an error that
+    says the voice was refused (VoiceRefused, after one call: see audio.voices), nor an answer in a format
+    the pipeline cannot use (`InvalidAudio.retryable` False: MP4, a link...).
     """
+    engines = as_synthesizers(synthesize)
+    names = dict(models or {})
+    check_models(requests, engines, names)
+    labelled = bool(names) or len(engines) > 1  # a plain one-model run keeps its messages as they were
     stats = stats if stats is not None else Stats()
     total = len(requests)
     results: list[CallResult | None] = [None] * total
@@ -76,7 +95,10 @@ def run(
     done_count = 0
 
     def one(req: Request) -> CallResult:
-        key = cache_key(namespace, req.voice, req.text) if cache is not None else ""
+        label = model_label(req.model, names) if labelled else ""
+        key = ""
+        if cache is not None:
+            key = cache_key(cache_namespace(req.model, names, namespace), req.voice, req.tts_text)
         if cache is not None:
             chunks = cache.get(key)
             if chunks is not None:
@@ -101,31 +123,68 @@ def run(
                 if cancelled.is_set():
                     raise _Cancelled
             try:
-                chunks = _collect(synthesize, req, activity, lock, cancelled)
+                chunks = _collect(engines[req.model], req, activity, lock, cancelled)
                 files = split_call(chunks, req.index)
             except (InvalidInput, _Cancelled):
                 raise
             except InvalidAudio as exc:
                 last_error = exc
-                log.warning("request #%d attempt %d: %s", req.index + 1, attempt, exc)
+                log.warning("request #%d%s attempt %d: %s", req.index + 1, f" ({label})" * bool(label), attempt, exc)
+                if not exc.retryable:
+                    break  # a well-formed answer in a format we cannot use: asking again pays for the same answer
                 continue
             except Exception as exc:
+                if voice_refused(str(exc)):  # no retry can fix it (see audio.voices)
+                    raise VoiceRefused(
+                        req.index, req.text, _short(str(exc)), attempt, req.voice, model=label
+                    ) from exc
                 last_error = exc
-                log.warning("request #%d attempt %d failed: %s", req.index + 1, attempt, _short(str(exc)))
+                log.warning(
+                    "request #%d%s attempt %d failed: %s", req.index + 1, f" ({label})" * bool(label), attempt,
+                    _short(str(exc)),
+                )
                 continue
             if cache is not None:
                 cache.put(key, chunks)
             return CallResult(req, _spooled(files, spool), attempt, False)
         if isinstance(last_error, InvalidAudio):
-            raise last_error
-        raise SynthesisFailed(req.index, req.text, _short(str(last_error) or type(last_error).__name__), attempts)
+            raise InvalidAudio(
+                last_error.call_index, last_error.message, sniffed=last_error.sniffed, preview=last_error.preview,
+                model=label, retryable=last_error.retryable,
+            ) from None
+        message = _short(str(last_error) or type(last_error).__name__)
+        raise SynthesisFailed(req.index, req.text, message, attempts, model=label)
+
+    # A voice is proven per model: the same name may be fine for one provider and refused by another.
+    gates = {model: VoiceGate(cache_namespace(model, names, namespace)) for model in engines}
+
+    def gated(req: Request) -> CallResult:
+        """`one`, but the first request of a voice not yet proven in this process runs alone (audio.voices)."""
+        gate = gates[req.model]
+        probe = gate.turn(req.voice, cancelled, _Cancelled)
+        ok = False
+        try:
+            result = one(req)
+            ok = True
+            return result
+        finally:
+            if probe:
+                gate.done(req.voice, ok=ok)
 
     position = {req.index: pos for pos, req in enumerate(requests)}
-    workers = max(1, min(concurrency, total or 1))
-    # Not a `with` block: on failure we must not wait for a call that is stuck inside the provider.
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tts")
-    pending: set[Future[CallResult]] = {pool.submit(one, req) for req in requests}
+    per_model: dict[int, list[Request]] = {}
+    for req in requests:
+        per_model.setdefault(req.model, []).append(req)
+    # One pool per model (the bound is per provider). Not `with` blocks: on failure we must not wait for a
+    # call that is stuck inside the provider.
+    pools = {
+        model: ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(reqs))), thread_name_prefix=f"tts{model}")
+        for model, reqs in per_model.items()
+    }
+    pending: set[Future[CallResult]] = set()
     try:
+        for req in requests:
+            pending.add(pools[req.model].submit(gated, req))
         while pending:
             finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -134,14 +193,50 @@ def run(
                 done_count += 1
                 if progress:
                     progress(done_count, total)
-            _check_stalls(activity, lock, stall_timeout_s, requests, attempts)
+            _check_stalls(activity, lock, stall_timeout_s, requests, attempts, names if labelled else None)
     except BaseException:
         cancelled.set()
-        pool.shutdown(wait=False, cancel_futures=True)
+        for pool in pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
         raise
-    pool.shutdown(wait=True)
+    for pool in pools.values():
+        pool.shutdown(wait=True)
     stats.requests = total
     return [r for r in results if r is not None]
+
+
+def as_synthesizers(synthesize: Synthesize | Synthesizers) -> dict[int, Synthesize]:
+    """{model index: callable} from either one callable (model 1) or such a mapping."""
+    if isinstance(synthesize, Mapping):
+        return dict(synthesize)
+    return {1: synthesize}
+
+
+def check_models(requests: Sequence[Request], engines: Mapping[int, Synthesize], names: Mapping[int, str]) -> None:
+    """InvalidInput("speakers") naming the first speaker whose model has no callable (an empty selector)."""
+    for req in requests:
+        if req.model not in engines:
+            param = MODEL_PARAMS.get(req.model, f"model {req.model}")
+            who = req.speaker or f"request #{req.index + 1}"
+            raise InvalidInput(
+                "speakers",
+                f"{who} is mapped to model {req.model}, but no model is selected in {param}; choose a TTS model "
+                f"in {param} or map {who} to another model",
+            )
+
+
+def model_label(model: int, names: Mapping[int, str]) -> str:
+    """How messages name a model: "model_2 minimax/speech-01" ("model_2" when it has no name)."""
+    param = MODEL_PARAMS.get(model, f"model {model}")
+    name = names.get(model)
+    return f"{param} {name}" if name else param
+
+
+def cache_namespace(model: int, names: Mapping[int, str], namespace: str) -> str:
+    """The cache namespace of one model's requests: its name, else `namespace` (model 1) or a derived one."""
+    if model in names:
+        return names[model]
+    return namespace if model == 1 else f"{namespace}|{MODEL_PARAMS.get(model, model)}"
 
 
 def _spooled(files: list[AudioFile], spool: Path | None) -> list[AudioFile]:
@@ -168,7 +263,7 @@ def _collect(
     with lock:
         activity[req.index] = time.monotonic()
     try:
-        for chunk in synthesize(req.text, req.voice):
+        for chunk in synthesize(req.tts_text, req.voice):
             if cancelled.is_set():
                 raise _Cancelled
             if not isinstance(chunk, bytes | bytearray | memoryview):
@@ -183,7 +278,12 @@ def _collect(
 
 
 def _check_stalls(
-    activity: dict[int, float], lock: threading.Lock, timeout: float, requests: Sequence[Request], attempts: int
+    activity: dict[int, float],
+    lock: threading.Lock,
+    timeout: float,
+    requests: Sequence[Request],
+    attempts: int,
+    names: Mapping[int, str] | None,
 ) -> None:
     now = time.monotonic()
     with lock:
@@ -191,7 +291,10 @@ def _check_stalls(
     if stalled:
         idx = min(stalled)
         req = next(r for r in requests if r.index == idx)
-        raise SynthesisFailed(idx, req.text, f"no audio received for {timeout:.0f} s (the TTS call stalled)", attempts)
+        raise SynthesisFailed(
+            idx, req.text, f"no audio received for {timeout:.0f} s (the TTS call stalled)", attempts,
+            model=model_label(req.model, names) if names is not None else "",
+        )
 
 
 def _sleep_cancellable(seconds: float, cancelled: threading.Event) -> None:

@@ -17,3 +17,16 @@ import sys
 import types
 
 sys.modules.setdefault("dify_plugin._gevent", types.ModuleType("dify_plugin._gevent"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_storage_quota():
+    """A storage-quota refusal pauses cache writes for the whole process (audio.cache); tests start without."""
+    from audio.cache import reset_quota_pauses
+
+    reset_quota_pauses()
+    yield
+    reset_quota_pauses()

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from audio import cli, ffmpeg
+from audio.model import SpeakerVoice
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -125,6 +126,9 @@ def test_voices_lists_the_embedded_voices():
         (["--speakers", "Host=alloy"], "--speakers"),
         (["--speakers", "Host"], "--speakers"),
         (["--pause-ms"], "--pause-ms"),  # argparse: missing value
+        (["--speed", "3"], "--speed"),
+        (["--lexicon", "Dify"], "--lexicon"),
+        (["--lexicon", "@/nonexistent/lexicon.txt"], "--lexicon"),
     ],
 )
 def test_bad_option_is_one_line_naming_it(tmp_path, args, needle):
@@ -210,14 +214,21 @@ def test_inspect_a_single_engine_file(tmp_path):
 
 def test_speakers_get_distinct_voices_in_a_fixed_order():
     order = ("en-us", "en-gb+f3", "en-us+m3")
-    assert cli.assign_speakers(["Host", "Guest"], {}, None, order) == {"host": "en-us", "guest": "en-gb+f3"}
+    sv = SpeakerVoice
+    assert cli.assign_speakers(["Host", "Guest"], {}, None, order) == {"host": sv("en-us"), "guest": sv("en-gb+f3")}
     # --voice goes first; voices already given are skipped; given speakers are kept
-    assert cli.assign_speakers(["Host", "Guest", "Ann"], {"guest": "en-us"}, "en-us+m3", order) == {
-        "host": "en-us+m3",
-        "ann": "en-gb+f3",
+    assert cli.assign_speakers(["Host", "Guest", "Ann"], {"guest": sv("en-us")}, "en-us+m3", order) == {
+        "host": sv("en-us+m3"),
+        "ann": sv("en-gb+f3"),
     }
-    assert cli.assign_speakers(["A", "B"], {"*": "de"}, None, order) == {}
-    assert cli.assign_speakers(["A", "B", "C", "D"], {}, None, order)["d"] == "en-us"  # wraps around
+    assert cli.assign_speakers(["A", "B"], {"*": sv("de")}, None, order) == {}
+    assert cli.assign_speakers(["A", "B", "C", "D"], {}, None, order)["d"] == sv("en-us")  # wraps around
+    # `Guest=2:` (model 2, no voice) gets a voice and keeps its model and speed; so does a voiceless fallback
+    assert cli.assign_speakers(["Host", "Guest"], {"host": sv("en-us"), "guest": sv(None, 2, 1.2)}, None, order) == {
+        "guest": sv("en-gb+f3", 2, 1.2)
+    }
+    assert cli.assign_speakers(["A", "B"], {"*": sv(None, 2)}, None, order) == {"a": sv("en-us", 2),
+                                                                               "b": sv("en-gb+f3", 2)}
 
 
 def test_numeric_defaults_match_the_pipeline_job():
@@ -352,6 +363,47 @@ def test_podcast_subtitles_and_inspect(podcast):
     assert data["header_duration_s"] == pytest.approx(data["duration_s"], abs=0.1)
 
 
+def test_a_guest_on_the_second_embedded_model(tmp_path):
+    """`Guest=2:` sends the guest to the second embedded model: whole WAVs per sentence, 10 dB quieter, instead of
+    sliced mp3s. One clean file; each speaker's span (from the timeline) within 1.5 LU of the other's."""
+    script = tmp_path / "dialog.txt"
+    script.write_text(
+        "Host: Welcome to the show. It is good to have you here today.\n"
+        "Guest: Thanks for having me. I am reading from another model, in another format.\n"
+        "Host: And yet you sound just as loud as I do. That is the point of leveling.\n"
+        "Guest: Exactly. Nobody should reach for the volume knob.\n"
+    )
+    out = tmp_path / "dialog.mp3"
+    proc = run_cli("narrate", script, "-o", out, "--speakers", "Host=en-us; Guest=2:en-gb+f3", "--stats",
+                   "--no-cache", "--subtitles", "srt")
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)
+    assert stats["speakers"] == {"host": "en-us", "guest": "2:en-gb+f3"}
+    mapped = {"Host": (1, "en-us"), "Guest": (2, "en-gb+f3")}
+    assert [t["speaker"] for t in stats["timeline"]] == ["Host"] * 2 + ["Guest"] * 2 + ["Host"] * 2 + ["Guest"] * 2
+    assert all((t["model"], t["voice"]) == mapped[t["speaker"]] for t in stats["timeline"])
+    samples, rate, errors = decode(out, "mp3")
+    assert errors == ""
+    spans = {"Host": [], "Guest": []}
+    for t in stats["timeline"]:
+        spans[t["speaker"]].append(samples[int(t["start"] * rate) : int(t["end"] * rate)])
+    host, guest = (integrated_lufs(np.concatenate(spans[name]), rate) for name in ("Host", "Guest"))
+    assert abs(host - guest) <= 1.5, (host, guest)
+    cues = parse_srt(out.with_suffix(".srt").read_text(encoding="utf-8"))
+    assert len(cues) == len(stats["timeline"])  # with subtitles every sentence is its own request and cue
+    assert cues[-1][1] <= len(samples) / rate + 0.5
+
+
+def test_a_speaker_on_a_model_the_runner_does_not_have(tmp_path):
+    text = tmp_path / "in.txt"
+    text.write_text("Host: Hello there.\nGuest: Hi.")
+    line = assert_one_error_line(
+        run_cli("narrate", text, "-o", tmp_path / "o.mp3", "--speakers", "Host=en-us; Guest=3:en-gb"), "--speakers"
+    )
+    assert "guest" in line and "model 3" in line
+    assert not (tmp_path / "o.mp3").exists()
+
+
 def test_article_to_ogg_at_concurrency_2(tmp_path):
     out = tmp_path / "article.ogg"
     proc = run_cli("narrate", EXAMPLES / "article.md", "-o", out, "--concurrency", "2", "--no-cache", "--stats")
@@ -361,3 +413,22 @@ def test_article_to_ogg_at_concurrency_2(tmp_path):
     duration = check_programme(out, "ogg", min_s=6 * 60, max_s=16 * 60)
     assert header_duration(out) == pytest.approx(duration, abs=0.1)
     assert len(stats["chapters"]) >= 6
+
+
+def test_speed_and_lexicon(tmp_path):
+    """--speed and --lexicon reach the pipeline: the stats show them, the timeline keeps the written words."""
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_text("Dify=Dee-fy\nSQL=sequel\n", encoding="utf-8")
+    text = "Dify speaks SQL. Dify is fast."
+    runs = {}
+    for speed in ("1", "1.5"):
+        out = tmp_path / f"s{speed}.mp3"
+        proc = run_cli("narrate", "-", "-o", out, "--stats", "--no-cache", "--quiet", "--speed", speed,
+                       "--lexicon", f"@{lexicon}", stdin=text.encode())
+        assert proc.returncode == 0, proc.stderr
+        runs[speed] = json.loads(proc.stdout)
+    fast = runs["1.5"]
+    assert fast["speed"] == 1.5 and fast["respellings"] == 3
+    assert " ".join(e["text"] for e in fast["timeline"]) == text
+    speech = {k: sum(e["end"] - e["start"] for e in v["timeline"]) for k, v in runs.items()}
+    assert speech["1"] / speech["1.5"] == pytest.approx(1.5, rel=0.1)  # entries include fixed seam margins

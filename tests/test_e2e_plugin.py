@@ -9,6 +9,7 @@ independently: decoded by ffmpeg with zero errors, loudness measured with pyloud
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import re
 import sys
@@ -187,10 +188,11 @@ def check_narration(
     stats = run.jsons[0]
     assert list(stats) == STATS_FIELDS
     assert stats["format"] == "mp3" and stats["size_bytes"] == len(audio[0].data)
+    assert stats["sha256"] == hashlib.sha256(audio[0].data).hexdigest()  # of the blob as reassembled here
     assert abs(stats["duration_s"] - decoded_s) < 0.1
     assert stats["requests"] == requests == len(stats["timeline"])
     assert stats["target"] == "podcast" and abs(stats["loudness_lufs"] - loudness) < 1.0
-    assert run.variables == stats
+    assert run.variables == {name: value for name, value in stats.items() if value is not None}
     assert len(run.texts) == 1 and "narration.mp3" in run.texts[0]
     return samples
 
@@ -220,6 +222,8 @@ def test_provider_shapes_give_one_clean_file(daemon, shape):
 
 
 def test_calls_answered_out_of_order_keep_the_text_order(daemon):
+    # The first call of a voice the plugin process has not heard yet runs alone (audio.voices); make it heard.
+    assert daemon.invoke_tool(base_params(text="Alpha warms the voice up.")).ok
     hold = HoldAndRelease(tone_handler(), count=4)  # answer the first four in reverse order of arrival
     daemon.tts = hold
     run = daemon.invoke_tool(base_params(concurrency=4))
@@ -301,6 +305,8 @@ def test_a_call_with_no_audio_at_all_is_an_error_not_an_empty_file(daemon):
         ({"model": {"provider": "langgenius/openai/openai", "model_type": "tts"}}, "model"),
         ({"max_chars_per_request": 10}, "max_chars_per_request"),
         ({"speakers": "Host"}, "speakers"),
+        ({"speed": 5}, "speed"),
+        ({"lexicon": "show"}, "lexicon"),
     ],
 )
 def test_bad_parameters_fail_before_any_tts_call(daemon, override, param):
@@ -329,6 +335,18 @@ def test_speakers_get_their_voices(daemon):
     assert all("Host:" not in c.text and "Guest:" not in c.text for c in run.tts_calls)
     timeline = run.jsons[0]["timeline"]
     assert [e["voice"] for e in timeline] == ["alloy", "nova", "alloy"]
+
+
+def test_speed_and_lexicon(daemon):
+    """The model is sent the respelling, the stats keep the written word; 1.25× speed shortens the audio, not
+    the pauses."""
+    run = daemon.invoke_tool(base_params(speed=1.25, lexicon="show=shoe; few words=a handful"))
+    check_narration(run, audio_s=6.0 / 1.25)
+    sent = " ".join(c.text for c in run.tts_calls)
+    assert "Alpha opens the shoe with a a handful." in sent and "show" not in sent
+    stats = run.jsons[0]
+    assert stats["timeline"][0]["text"] == "Alpha opens the show with a few words."
+    assert stats["speed"] == 1.25 and stats["respellings"] == 2
 
 
 def test_a_rerun_is_served_from_the_cache(daemon):
@@ -386,3 +404,69 @@ def test_a_silent_call_times_out_and_is_retried(plugin_dir):
         run = daemon.invoke_tool(base_params())
     check_narration(run, audio_s=6.0)
     assert seen["Bravo"] == 2 and run.jsons[0]["retries"] >= 1
+
+
+# --- the finished episode: Dify `file` parameters, downloaded by the plugin ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def file_server(tmp_path_factory):
+    """A tiny HTTP server on 127.0.0.1 standing in for Dify's file URL (FILES_URL)."""
+    import http.server
+    import socket
+
+    root = tmp_path_factory.mktemp("files")
+    ffmpeg.run(["-f", "lavfi", "-i", "aevalsrc=0.3*sin(2*PI*440*t)+0.2*sin(2*PI*554*t):s=44100:d=2",
+                "-c:a", "libmp3lame", "-f", "mp3", ffmpeg.file_url(root / "jingle.mp3")])
+    ffmpeg.run(["-f", "lavfi", "-i", "aevalsrc=0.3*sin(2*PI*70*t):s=44100:d=3.3", "-f", "flac",
+                ffmpeg.file_url(root / "bed.flac")])
+    (root / "notes.mp3").write_text("<html>not audio</html>" * 50)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", closed
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def dify_file(url: str, name: str, mime: str = "audio/mpeg", size: int | None = 1000) -> dict:
+    """A file parameter as the daemon sends it (the SDK turns it into dify_plugin.file.File)."""
+    return {"dify_model_identity": "__dify__file__", "url": url, "type": "audio", "mime_type": mime,
+            "filename": name, "extension": "." + name.rsplit(".", 1)[-1], "size": size}
+
+
+def test_an_episode_with_intro_and_music_from_dify_files(daemon, file_server):
+    base, _ = file_server
+    run = daemon.invoke_tool(base_params(
+        intro=dify_file(f"{base}/jingle.mp3?timestamp=1&sign=x", "jingle.mp3"),
+        music=dify_file(f"{base}/bed.flac?sign=y", "bed.flac", "audio/flac"), music_level=-22,
+    ))
+    assert run.ok, run.describe()
+    stats = run.jsons[0]
+    assert list(stats) == STATS_FIELDS
+    assert stats["intro_s"] == pytest.approx(2.0, abs=0.06) and stats["outro_s"] is None
+    assert stats["music_level_lu"] == pytest.approx(-22.0, abs=1.0)
+    assert abs(stats["speech_loudness_lufs"] - -16.0) <= 1.0 and abs(stats["loudness_lufs"] - -16.0) <= 1.0
+    assert stats["timeline"][0]["start"] > 2.0  # shifted by the intro
+    samples = decode_mp3(run.audio_files()[0].data)
+    assert abs(len(samples) / RATE - stats["duration_s"]) < 0.1
+
+
+@pytest.mark.parametrize("case", ["not audio", "unreachable"])
+def test_a_bad_dify_file_fails_before_any_tts_call(daemon, file_server, case):
+    base, closed = file_server
+    url = f"{base}/notes.mp3" if case == "not audio" else f"http://127.0.0.1:{closed}/files/x/file-preview"
+    run = daemon.invoke_tool(base_params(outro=dify_file(url, "outro.mp3"))).wait()
+    assert not run.ok and run.error_message.startswith("outro: "), run.describe()
+    assert ("not an audio file" if case == "not audio" else "FILES_URL") in run.error_message
+    assert run.tts_calls == []

@@ -184,3 +184,28 @@ def test_concurrent_calls_are_serialised_and_do_not_mix_audio():
     for (voice, _), count in results.items():
         # eSpeak's per-run randomness changes lengths by a few samples, mixing would change them by seconds
         assert abs(count - reference[voice]) < 0.05 * RATE, voice
+
+
+def test_the_second_embedded_model_answers_in_another_shape_and_level():
+    """embedded_models()[2] (the CLI's `Guest=2:`): whole WAV files per sentence at 22.05 kHz, 10 dB quieter than
+    the same speech from model 1's engine."""
+    from audio.engine import embedded_models
+
+    models = embedded_models()
+    assert set(models) == {1, 2} and models[1].fmt == "mp3" and models[2].fmt == "wav"
+    assert models[1].cache_namespace != models[2].cache_namespace
+    text = "One sentence here. And a second one."
+    data = b"".join(models[2](text, "en-gb"))
+    assert data.count(b"RIFF") == 2 and data.count(b"WAVE") == 2  # one WAV per sentence
+    loud = b"".join(EspeakEngine(fmt="wav")(text, "en-gb"))
+
+    def rms_db(wav_bytes: bytes) -> float:
+        first = wav_bytes[: wav_bytes.index(b"RIFF", 4)]
+        with wave.open(io.BytesIO(first)) as w:
+            assert w.getframerate() == 22050
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+        return 20 * np.log10(np.sqrt(np.mean(pcm**2)))
+
+    assert rms_db(data) - rms_db(loud) == pytest.approx(-10.0, abs=0.1)
+    with pytest.raises(ValueError):
+        EspeakEngine(gain_db=6.0)

@@ -29,14 +29,19 @@ REPO = Path(__file__).resolve().parent.parent
 LANGUAGES = ("en_US", "zh_Hans", "ja_JP", "pt_BR")
 # The tool's parameter names are a public contract: workflows and agents refer to them by name.
 PUBLIC_PARAMETERS = [
-    "text", "model", "voice", "speakers", "output_format", "bitrate", "sample_rate", "channels", "loudness",
+    "text", "model", "voice", "model_2", "model_3", "speakers", "output_format", "bitrate", "sample_rate",
+    "channels", "loudness",
     "pause_ms", "paragraph_pause_ms", "max_chars_per_request", "concurrency", "title", "artist", "album",
     "filename", "subtitles", "chapters", "cache", "max_output_mb",
+    "intro", "outro", "music", "music_level", "intro_overlap_ms",
+    "speed", "lexicon",
 ]  # fmt: skip
 STATS_FIELDS = [
-    "duration_s", "format", "sample_rate", "channels", "bitrate_kbps", "size_bytes", "loudness_lufs",
+    "duration_s", "format", "sample_rate", "channels", "bitrate_kbps", "size_bytes", "sha256", "loudness_lufs",
     "true_peak_dbtp", "target", "requests", "retries", "cache_hits", "cache_misses", "timeline", "chapters",
     "warnings",
+    "intro_s", "outro_s", "music_level_lu", "speech_loudness_lufs",
+    "speed", "respellings",
 ]  # fmt: skip
 
 
@@ -144,8 +149,10 @@ def test_runtime_imports_resolve_inside_the_package(names):
             candidate = imported.replace(".", "/")
             if f"{candidate}.py" in names or f"{candidate}/__init__.py" in names:
                 todo.append(imported)
-            elif "." in imported and (REPO / f"{imported.rsplit('.', 1)[0].replace('.', '/')}.py").exists():
-                continue  # `from audio.x import Name`: Name is an attribute of audio/x.py
+            elif "." in imported and any(
+                f"{imported.rsplit('.', 1)[0].replace('.', '/')}{end}" in names for end in (".py", "/__init__.py")
+            ):
+                continue  # `from audio.x import Name`: Name is an attribute of audio/x.py or audio/x/__init__.py
             else:
                 pytest.fail(f"{module} imports {imported}, which is not in the package")
     assert not {"audio.cli", "audio.engine", "audio.__main__"} & seen
@@ -243,7 +250,11 @@ def test_parameter_types_and_defaults():
     assert p["model"]["type"] == "model-selector" and p["model"]["scope"] == "tts"
     assert p["model"]["form"] == "form" and p["model"]["required"] is True
     assert p["voice"]["type"] == "string" and not p["voice"].get("required")
+    for name in ("model_2", "model_3"):  # optional extra models a speaker can be sent to
+        assert p[name]["type"] == "model-selector" and p[name]["scope"] == "tts", name
+        assert p[name]["form"] == "form" and p[name]["required"] is False, name
     assert p["speakers"]["type"] == "string" and p["speakers"]["form"] == "llm"
+    assert p["lexicon"]["type"] == "string" and p["lexicon"]["form"] == "llm" and not p["lexicon"].get("required")
     for name in ("title", "artist", "album", "filename"):
         assert p[name]["type"] == "string" and not p[name].get("required"), name
     for name in ("chapters", "cache"):
@@ -272,7 +283,10 @@ def test_parameter_types_and_defaults():
             parse(option["value"])  # every offered value is accepted by the shared validation
 
     numbers = {"pause_ms": 300, "paragraph_pause_ms": 700, "max_chars_per_request": 600, "concurrency": 4,
-               "max_output_mb": 30}
+               "max_output_mb": 15,  # 15 MiB: the largest tool file Dify 1.0–1.2 accepts
+               "music_level": -20, "intro_overlap_ms": 500, "speed": 1}
+    for name in ("intro", "outro", "music"):
+        assert p[name]["type"] == "file" and not p[name].get("required"), name
     for name, default in numbers.items():
         assert p[name]["type"] == "number" and p[name]["default"] == default, name
         assert (p[name]["min"], p[name]["max"]) == options.LIMITS[name], name
@@ -283,7 +297,8 @@ def test_output_schema_declares_the_stats_fields():
     assert list(schema["properties"]) == STATS_FIELDS
     timeline = schema["properties"]["timeline"]
     assert timeline["type"] == "array"
-    assert set(timeline["items"]["properties"]) == {"index", "start", "end", "speaker", "voice", "text"}
+    assert set(timeline["items"]["properties"]) == {"index", "start", "end", "speaker", "voice", "text", "provider",
+                                                          "model"}
     assert set(schema["properties"]["chapters"]["items"]["properties"]) == {"title", "start", "end"}
 
 

@@ -87,13 +87,15 @@ def test_random_fragments_of_one_continuous_stream_are_one_file(seed):
     assert_plain(out, call=1)
 
 
-def test_a_change_of_rate_or_channels_starts_a_new_file():
+def test_a_change_of_rate_or_channels_without_a_header_stays_one_stream():
+    """No new file header: one stream to a decoder (ffmpeg follows the change), so one file to the timeline."""
     a = gen.mp3(0.7, rate=24000, channels=1, xing=False)
     b = gen.mp3(0.7, rate=22050, channels=2, freq=500, xing=False)
     c = gen.mp3(0.5, rate=24000, channels=1, freq=600, xing=False)
     out = split_call(gen.slices(a + b + c, 1024), 0)
-    assert datas(out) == [a, b, c]
-    assert shape(out) == [("mp3", 24000, 1), ("mp3", 22050, 2), ("mp3", 24000, 1)]
+    assert datas(out) == [a + b + c]
+    assert shape(out) == [("mp3", 24000, 2)] and out[0].reconfigures  # the highest rate and layout in it
+    assert_plain(out)
 
 
 def test_bare_files_with_the_same_parameters_cannot_be_told_apart_and_stay_one_stream():
@@ -118,7 +120,7 @@ def syncsafe(n: int) -> bytes:
     return bytes([(n >> 21) & 0x7F, (n >> 14) & 0x7F, (n >> 7) & 0x7F, n & 0x7F])
 
 
-def test_id3v24_footer_id3v1_and_ape_trailers_stay_with_their_file():
+def test_id3v24_footer_id3v1_and_ape_trailers_end_their_file_and_are_left_out():
     body = b"TIT2" + struct.pack(">I", 300) + b"\x00\x00\x03" + b"t" * 299  # > 127 bytes: syncsafe matters
     id3v24 = b"ID3\x04\x00\x10" + syncsafe(len(body)) + body + b"3DI\x04\x00\x10" + syncsafe(len(body))
     ape_items = struct.pack("<II", 5, 0) + b"Title\x00hello"
@@ -130,16 +132,19 @@ def test_id3v24_footer_id3v1_and_ape_trailers_stay_with_their_file():
     first = id3v24 + bare + ape_header + ape_items + ape_footer + id3v1
     second = gen.mp3(0.5, freq=600, xing=False) + id3v1  # same parameters: only the trailer marks the boundary
     out = split_call(gen.slices(first + second, 1024), 0)
-    assert datas(out) == [first, second]
+    assert datas(out) == [id3v24 + bare, second[: -len(id3v1)]]  # trailing tags carry no speech
     assert_plain(out)
     pcm = gen.pcm_f32(out[0].data, "mp3", 24000, 1)
     assert np.array_equal(pcm, gen.pcm_f32(bare, "mp3", 24000, 1))
 
 
-def test_id3v2_tag_at_the_very_end_is_kept_with_the_last_file():
+def test_id3v2_tag_at_the_very_end_is_accepted_and_left_out():
     f = gen.mp3(0.5, xing=False)
     tag = b"ID3\x03\x00\x00" + syncsafe(20) + bytes(20)
-    assert datas(split_call([f, tag], 0)) == [f + tag]
+    assert gen.decode(f + tag, "mp3", 24000, 1)[1]  # ffmpeg's decoder reports an appended ID3v2 tag as an error
+    out = split_call([f, tag], 0)
+    assert datas(out) == [f]
+    assert_plain(out)
 
 
 def test_partial_final_frame_is_dropped_and_reported():
@@ -406,10 +411,10 @@ def test_adts():
 
 def test_adts_rate_change_and_partial_frame():
     a, b = gen.adts(0.5), gen.adts(0.5, 16000, 2, freq=300)
-    out = split_call([a + b[:-50]], 0)
-    assert shape(out) == [("aac", 24000, 1), ("aac", 16000, 2)]
-    assert out[0].data == a and b.startswith(out[1].data)
-    assert out[1].truncated and "partial final frame" in out[1].note
+    (out,) = split_call([a + b[:-50]], 0)
+    assert shape([out]) == [("aac", 24000, 2)] and out.reconfigures
+    assert (a + b).startswith(out.data) and len(out.data) > len(a)
+    assert out.truncated and "partial final frame" in out.note
 
 
 def test_different_formats_back_to_back():
@@ -507,10 +512,17 @@ def test_audio_followed_by_garbage_is_rejected_not_cut(audio, garbage, kind):
         assert e.preview.startswith(garbage.decode()[:10])
 
 
-def test_garbage_between_files_is_rejected():
+def test_binary_junk_between_files_is_skipped_with_a_note_text_is_not():
     a, b = sentence_mp3s(2)
-    with pytest.raises(InvalidAudio, match="not audio"):
-        split_call([a, b"\x00\x01junk", b], 0)
+    out = split_call([a, b"\x00\x01junk", b], 0)
+    assert datas(out) == [a, b] and not out[0].truncated
+    assert (
+        out[0].note
+        == f"skipped 6 bytes that are not audio at bytes {len(a)}-{len(a) + 5} of the call (before the next file)"
+    )
+    with pytest.raises(InvalidAudio, match="interrupted by 14 bytes that are not audio") as err:
+        split_call([a, b"quota exceeded", b], 0)
+    assert err.value.preview == "quota exceeded"
 
 
 @pytest.mark.parametrize(
@@ -564,7 +576,7 @@ def test_sniff(data, kind):
 # Properties
 
 
-# (id3, xing, rate, channels, freq): the bare ones only start a new file after a different rate/layout
+# (id3, xing, rate, channels, freq): the bare ones (no header) continue the stream before them
 POOL = [
     (True, True, 24000, 1, 300),
     (False, True, 24000, 1, 350),
@@ -582,12 +594,11 @@ def pool_file(i: int) -> bytes:
 
 
 def expected_files(picks: list[int]) -> list[bytes]:
-    """Files as split_call must find them: a bare file after one with the same rate/layout merges into it."""
+    """Files as split_call must find them: a bare file continues the stream before it, whatever its rate."""
     out: list[bytes] = []
-    for k, i in enumerate(picks):
-        id3, xing, rate, channels, _ = POOL[i]
-        prev = POOL[picks[k - 1]] if k else None
-        if out and not id3 and not xing and prev is not None and prev[2:4] == (rate, channels):
+    for i in picks:
+        id3, xing, _, _, _ = POOL[i]
+        if out and not id3 and not xing:
             out[-1] += pool_file(i)
         else:
             out.append(pool_file(i))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import types
@@ -18,10 +19,11 @@ from dify_plugin.entities.tool import ToolRuntime  # noqa: E402
 
 from audio.cache import KeyValueCache  # noqa: E402
 from audio.errors import InvalidAudio, InvalidInput, SynthesisFailed  # noqa: E402
-from audio.model import LOUDNESS_PRESETS, Chapter, Result, Stats, TimelineEntry  # noqa: E402
+from audio.model import LOUDNESS_PRESETS, Chapter, Result, SpeakerVoice, Stats, TimelineEntry  # noqa: E402
 from tools import tts_pipeline as tool_module  # noqa: E402
 from tools.tts_pipeline import (  # noqa: E402
     PLACEHOLDER_VOICE,
+    SelectedModel,
     TtsPipelineTool,
     parse_parameters,
     resolve_voice,
@@ -50,7 +52,7 @@ def test_defaults():
     assert job.speakers == {}
     assert (job.encode.fmt, job.encode.bitrate_kbps, job.encode.sample_rate, job.encode.channels) == ("mp3", None,
                                                                                                       None, 1)
-    assert job.encode.max_bytes == 30 * 2**20
+    assert job.encode.max_bytes == 15 * 2**20  # Dify ≤ 1.2 refuses tool files over 15 MiB
     assert job.loudness == LOUDNESS_PRESETS["podcast"]
     assert (job.pause_ms, job.paragraph_pause_ms, job.max_chars_per_request, job.concurrency) == (300, 700, 600, 4)
     assert job.subtitles == "none" and job.chapters is None
@@ -71,7 +73,7 @@ def test_values_as_dify_sends_them():
     ))  # fmt: skip
     job = call.job
     assert job.voice == "nova" and call.voice_source == "voice parameter"
-    assert job.speakers == {"host": "alloy", "guest": "echo"}
+    assert job.speakers == {"host": SpeakerVoice("alloy"), "guest": SpeakerVoice("echo")}
     assert (job.encode.fmt, job.encode.bitrate_kbps, job.encode.sample_rate, job.encode.channels) == ("m4a", 64,
                                                                                                       44100, 2)
     assert job.encode.max_bytes == int(12.5 * 2**20)
@@ -83,13 +85,58 @@ def test_values_as_dify_sends_them():
 
 
 def test_blank_optional_values_mean_defaults():
-    blank = {name: "" for name in ("voice", "speakers", "output_format", "bitrate", "sample_rate", "channels",
+    blank = {name: "" for name in ("voice", "model_2", "model_3", "speakers", "output_format", "bitrate",
+                                   "sample_rate", "channels",
                                    "loudness", "pause_ms", "paragraph_pause_ms", "max_chars_per_request",
                                    "concurrency", "title", "artist", "album", "filename", "subtitles", "chapters",
-                                   "cache", "max_output_mb")}
+                                   "cache", "max_output_mb", "speed", "lexicon")}
     assert parse_parameters(params(**blank)) == parse_parameters(params())
     nones = dict.fromkeys(blank)
     assert parse_parameters(params(**nones)) == parse_parameters(params())
+
+
+MODEL_2 = {"provider": "minimax", "model": "speech-01", "model_type": "tts", "voice": "female-shaonv"}
+
+
+def test_speakers_can_use_the_second_and_third_model():
+    call = parse_parameters(params(
+        voice="onyx", model_2=dict(MODEL_2), model_3=json.dumps({**MODEL, "model": "tts-1-hd"}),
+        speakers='{"Host": "alloy", "Guest": {"model": 2}, "Expert": "3:nova@1.2", "*": "2:"}',
+    ))  # fmt: skip
+    job = call.job
+    assert set(call.models) == {1, 2, 3}
+    assert (call.models[2].provider, call.models[2].model, call.models[2].voice) == ("minimax", "speech-01",
+                                                                                      "female-shaonv")
+    assert job.models == {1: "langgenius/openai/openai/tts-1", 2: "minimax/speech-01",
+                          3: "langgenius/openai/openai/tts-1-hd"}
+    assert job.cache_namespace == job.models[1]  # model 1's cache keys are what they were before model_2 existed
+    assert job.model_voices == {2: "female-shaonv", 3: None}
+    assert job.speakers == {"host": SpeakerVoice("alloy"), "guest": SpeakerVoice(None, 2),
+                            "expert": SpeakerVoice("nova", 3, 1.2), "*": SpeakerVoice(None, 2)}
+
+
+@pytest.mark.parametrize("empty", [None, "", {}, {"provider": "", "model": "", "model_type": "tts"}])
+def test_an_empty_extra_selector_is_no_model(empty):
+    call = parse_parameters(params(model_2=empty, model_3=empty))
+    assert set(call.models) == {1} and call.job.models == {1: "langgenius/openai/openai/tts-1"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "words"),
+    [
+        ({"speakers": "Host=alloy; Guest=3:nova"}, "speakers", ["'guest'", "model_3", "model 3"]),
+        ({"speakers": "Host=alloy; Guest=2:"}, "speakers", ["'guest'", "model_2"]),
+        ({"speakers": '{"*": {"model": 3}}', "model_2": MODEL_2}, "speakers", ["'*'", "model_3", "1 or 2"]),
+        ({"model_2": {"provider": "minimax", "model_type": "tts"}}, "model_2", ["no model"]),
+        ({"model_3": {**MODEL, "model": "gpt-4o", "model_type": "llm"}}, "model_3", ["not a TTS model"]),
+    ],
+)
+def test_a_speaker_sent_to_an_empty_or_bad_selector_is_an_error(extra, param, words):
+    with pytest.raises(InvalidInput) as err:
+        parse_parameters(params(text="Host: Hi.\nGuest: Hello.", **extra))
+    assert err.value.param == param
+    for word in words:
+        assert word in str(err.value), str(err.value)
 
 
 def test_chapters_true_means_when_the_text_has_headings():
@@ -153,6 +200,12 @@ BAD = [
     ({"speakers": "Host"}, "speakers", "Name=voice"),
     ({"chapters": "maybe"}, "chapters", "true or false"),
     ({"cache": "sometimes"}, "cache", "true or false"),
+    ({"speed": 0.25}, "speed", "0.5 to 2"),
+    ({"speed": "2.5"}, "speed", "0.5 to 2"),
+    ({"speed": "fast"}, "speed", "not a number"),
+    ({"lexicon": "Dify"}, "lexicon", "word=respelling"),
+    ({"lexicon": '{"Dify": '}, "lexicon", "invalid JSON"),
+    ({"lexicon": "=x"}, "lexicon", "empty word"),
 ]
 
 
@@ -219,14 +272,22 @@ def fake_result(**overrides) -> Result:
 
 def test_stats_json_has_exactly_the_declared_fields():
     schema = yaml.safe_load((REPO / "tools" / "tts_pipeline.yaml").read_text(encoding="utf-8"))["output_schema"]
-    stats = stats_json(fake_result())
+    models = {1: SelectedModel("langgenius/openai/openai", "tts-1", None),
+              2: SelectedModel("minimax", "speech-01", None)}
+    timeline = [
+        TimelineEntry(0, 0.0, 2.5, "Hello there.", speaker="host", voice="alloy", section="Intro"),
+        TimelineEntry(1, 2.8, 5.01234, "word " * 100, speaker="guest", voice=None, model=2),
+    ]
+    stats = stats_json(fake_result(timeline=timeline), models)
     assert list(stats) == list(schema["properties"])
     json.dumps(stats)  # serializable
     assert stats["duration_s"] == 151.234 and stats["loudness_lufs"] == -16.04 and stats["true_peak_dbtp"] == -1.2
     assert stats["target"] == "podcast" and stats["requests"] == 12 and stats["cache_hits"] == 3
     entry = stats["timeline"][0]
     assert set(entry) == set(schema["properties"]["timeline"]["items"]["properties"])
-    assert entry == {"index": 0, "start": 0.0, "end": 2.5, "speaker": "host", "voice": "alloy", "text": "Hello there."}
+    assert entry == {"index": 0, "start": 0.0, "end": 2.5, "speaker": "host", "voice": "alloy", "text": "Hello there.",
+                     "provider": "langgenius/openai/openai", "model": "tts-1"}
+    assert (stats["timeline"][1]["provider"], stats["timeline"][1]["model"]) == ("minimax", "speech-01")
     assert len(stats["timeline"][1]["text"]) <= 120 and stats["timeline"][1]["text"].endswith("…")
     assert stats["chapters"] == [{"title": "Intro", "start": 0.0, "end": 151.234}]
     assert stats["warnings"] == ["TTS call #4: last frame dropped"]
@@ -306,16 +367,32 @@ def run_tool(monkeypatch, parameters, outcome):
 
 
 def test_messages_of_a_successful_run(monkeypatch):
-    messages, seen = run_tool(monkeypatch, params(filename="My Show"), fake_result())
+    messages, seen = run_tool(monkeypatch, params(filename="My Show", model_2=MODEL_2), fake_result())
     assert isinstance(seen["cache"], KeyValueCache)
+    assert set(seen["synthesize"]) == {1, 2}  # one Dify TTS callable per selected model
     kinds = [m.type.value for m in messages]
     assert kinds[0] == "blob" and kinds.count("blob") == 1 and kinds.count("json") == 1 and kinds[-1] == "text"
     assert messages[0].message.blob == b"ID3fake-mp3-bytes"
     assert messages[0].meta == {"mime_type": "audio/mpeg", "filename": "My Show.mp3"}
     stats = next(m.message.json_object for m in messages if m.type.value == "json")
     variables = {m.message.variable_name: m.message.variable_value for m in messages if m.type.value == "variable"}
-    assert variables == stats
+    assert variables == {k: v for k, v in stats.items() if v is not None}  # None is no variable message
+    assert stats["sha256"] == hashlib.sha256(b"ID3fake-mp3-bytes").hexdigest()
     assert "My Show.mp3" in messages[-1].message.text
+
+
+def test_no_variable_message_has_no_value(monkeypatch):
+    """Dify before PR #30082 refuses a variable message whose value is None; the JSON keeps the nulls."""
+    lossless = fake_result(fmt="flac", mime_type="audio/flac", extension=".flac", bitrate_kbps=None,
+                           loudness_lufs=None, true_peak_dbtp=None, target=LOUDNESS_PRESETS["off"])
+    messages, _ = run_tool(monkeypatch, params(output_format="flac", loudness="off"), lossless)
+    stats = next(m.message.json_object for m in messages if m.type.value == "json")
+    assert stats["bitrate_kbps"] is None and stats["loudness_lufs"] is None and stats["true_peak_dbtp"] is None
+    variables = {m.message.variable_name: m.message.variable_value for m in messages if m.type.value == "variable"}
+    assert all(value is not None for value in variables.values())
+    production = {"intro_s", "outro_s", "music_level_lu", "speech_loudness_lufs"}  # no intro, outro or music
+    assert set(stats) - set(variables) == {"bitrate_kbps", "loudness_lufs", "true_peak_dbtp", *production}
+    assert variables["timeline"] == stats["timeline"]  # None inside a list is fine (Dify checks the top level)
 
 
 def test_subtitles_come_as_a_second_file(monkeypatch):
@@ -327,7 +404,7 @@ def test_subtitles_come_as_a_second_file(monkeypatch):
     assert blobs[1].message.blob.startswith(b"WEBVTT")
     srt = fake_result(subtitles="1\n00:00:00,000 --> 00:00:02,500\nHello there.\n", subtitles_format="srt")
     messages, _ = run_tool(monkeypatch, params(subtitles="srt"), srt)
-    assert [m.meta for m in messages if m.type.value == "blob"][1] == {"mime_type": "application/x-subrip",
+    assert [m.meta for m in messages if m.type.value == "blob"][1] == {"mime_type": "text/plain",
                                                                       "filename": "narration.srt"}
 
 
@@ -369,6 +446,27 @@ def test_voice_errors_tell_the_user_what_to_do(monkeypatch, extra, hint):
     assert hint in message and "`voice` parameter" in message and "model selector" in message
 
 
+def test_a_refused_speaker_voice_is_named(monkeypatch):
+    from audio.errors import VoiceRefused
+
+    refused = VoiceRefused(2, "Guest says hi.", "invoke tts model failed: Invalid voice 'bogus'.", 1, "bogus")
+    with pytest.raises(VoiceRefused) as info:
+        run_tool(monkeypatch, params(speakers="Host=alloy; Guest=bogus"), refused)
+    message = str(info.value)
+    assert "refused the voice 'bogus'" in message and "`speakers`" in message and "placeholder" not in message
+
+
+def test_no_audio_at_all_with_the_placeholder_suggests_picking_a_voice(monkeypatch):
+    """MiniMax answers an unknown voice with a JSON error its model plugin drops: zero chunks."""
+    empty = InvalidAudio(0, "the provider returned no audio at all (zero bytes)", sniffed="empty")
+    with pytest.raises(InvalidAudio) as info:
+        run_tool(monkeypatch, params(), empty)
+    assert "placeholder 'default'" in str(info.value) and "Pick a voice" in str(info.value)
+    with pytest.raises(InvalidAudio) as info:
+        run_tool(monkeypatch, params(voice="nova"), InvalidAudio(0, "no audio", sniffed="empty"))
+    assert "Pick a voice" not in str(info.value)
+
+
 def test_other_synthesis_errors_get_no_voice_hint(monkeypatch):
     failure = SynthesisFailed(4, "Some text.", "invoke tts model failed: rate limit exceeded", 3)
     with pytest.raises(SynthesisFailed) as info:
@@ -379,3 +477,20 @@ def test_other_synthesis_errors_get_no_voice_hint(monkeypatch):
 def test_unexpected_errors_are_reported_as_internal(monkeypatch):
     with pytest.raises(RuntimeError, match=r"^tts-pipeline internal error \(KeyError: 'x'\)"):
         run_tool(monkeypatch, params(), KeyError("x"))
+
+
+def test_speed_and_lexicon_reach_the_job():
+    job = parse_parameters(params()).job
+    assert job.speed == 1.0 and job.lexicon is None
+    job = parse_parameters(params(speed=1.25, lexicon='{"Dify": "Dee-fy"}')).job
+    assert job.speed == 1.25 and job.lexicon is not None and job.lexicon.entries == (("Dify", "Dee-fy"),)
+    assert parse_parameters(params(speed="0.8", lexicon="Dify=Dee-fy")).job.lexicon == job.lexicon
+
+
+def test_stats_json_reports_speed_and_respellings():
+    result = fake_result()
+    result.stats.speed, result.stats.respellings = 1.25, 4
+    stats = stats_json(result)
+    assert stats["speed"] == 1.25 and stats["respellings"] == 4
+    assert " at 1.25× speed" in summary_text(result, "narration.mp3")
+    assert "speed" not in summary_text(fake_result(), "narration.mp3")
