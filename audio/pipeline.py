@@ -40,6 +40,12 @@ Progress = Callable[[str, int, int], None]
 WORKDIR_PREFIX = "ttsp-"
 
 
+def job_dir_prefix(kind: str = "") -> str:
+    """Prefix of a temporary directory a job owns (`ttsp-<pid>-[kind-]`): remove_stale_workdirs can tell
+    whether its process is still alive."""
+    return f"{WORKDIR_PREFIX}{os.getpid()}-{kind + '-' if kind else ''}"
+
+
 def remove_stale_workdirs(root: str | Path | None = None) -> list[Path]:
     """Remove the job directories (in `root`, default the temp dir) whose owning process is dead: a plugin
     process the daemon killed (execution timeout) had no chance to. Called once at start-up (main.py).
@@ -160,7 +166,7 @@ def narrate(
         path = getattr(job, param)
         if path is not None:
             media.check(param, Path(path), None if param == "music" else production.MAX_JINGLE_S)
-    with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=job_dir_prefix(), dir=workdir) as tmp:
         return _run(job, plan, synthesize, cache, progress, Path(tmp), stats, Path(output) if output else None)
 
 

@@ -28,7 +28,7 @@ from audio import fetch, options, subtitles
 from audio.cache import KeyValueCache
 from audio.errors import InvalidAudio, InvalidInput, PipelineError, SynthesisFailed, VoiceRefused
 from audio.model import MODEL_PARAMS, EncodeOptions, Result, SpeakerVoice, Synthesize, Tags
-from audio.pipeline import Job, narrate
+from audio.pipeline import Job, job_dir_prefix, narrate
 
 logger = logging.getLogger(__name__)
 logger.setLevel(logging.INFO)
@@ -101,7 +101,7 @@ class TtsPipelineTool(Tool):
         cache = KeyValueCache(self.session.storage, scope=scope) if call.use_cache else None
         engines = {index: self._synthesizer(m.provider, m.model) for index, m in call.models.items()}
         try:
-            with tempfile.TemporaryDirectory(prefix="ttsp-files-") as files_dir:
+            with tempfile.TemporaryDirectory(prefix=job_dir_prefix("files")) as files_dir:
                 # files first: a bad intro/outro/music fails here, before any TTS call (narrate checks them too)
                 job = call.downloaded(Path(files_dir)) if call.files else job
                 result = narrate(job, engines, cache=cache)
