@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -228,10 +228,8 @@ def produce(
             cooperate()
 
     shift = sp0 / rate
-    timeline = [
-        TimelineEntry(e.index, e.start + shift, e.end + shift, e.text, e.speaker, e.voice, e.section)
-        for e in speech.timeline
-    ]
+    # replace(), not a new entry: every field but the times (speaker, voice, section, model, …) is kept
+    timeline = [replace(e, start=e.start + shift, end=e.end + shift) for e in speech.timeline]
     under_lu = None
     if bed is not None:
         bed_lufs = bed_meter.loudness()

@@ -12,9 +12,9 @@ Two PATHs for the plugin process:
 - `no-ffmpeg-on-path`: an empty directory; the plugin must use the imageio-ffmpeg binary uv installed.
 - `distro-ffmpeg-on-path`: the daemon image's PATH with the distribution's ffmpeg (/usr/bin/ffmpeg: Debian
   5.1, Ubuntu 24.04's 6.1, neither with the loopback decoder `-dec`). Skipped when there is none (install it
-  with `apt-get install -y ffmpeg`). Until capability-based selection (branch `ffmpeg-caps`) is merged the
-  plugin picks PATH's ffmpeg and every job fails, so this case is a strict xfail while FFMPEG_CAPS_MERGED is
-  False: flip it to True after merging (a strict xfail that passes fails the run, as a reminder).
+  with `apt-get install -y ffmpeg`). The plugin must pass it over (audio/ffmpeg.py chooses by capability) and
+  narrate with the bundled binary; before that choice existed every job here failed with "Unrecognized
+  option 'dec'".
 
 Skipped only when uv or a Python 3.12 cannot be found; an install that fails (e.g. PyPI unreachable) fails.
 Measured here: `uv pip install` 6.8 s with an empty uv cache, 1.9 s with a warm one; the module ~30 s.
@@ -36,9 +36,6 @@ from tests.daemon import DEFAULT_MODEL, FakeDaemon, TTSCall, slices
 from tests.test_plugin_package import packager
 
 pytestmark = pytest.mark.slow
-
-# Flip to True once the ffmpeg-caps branch (ffmpeg chosen by capability, not by PATH) is merged.
-FFMPEG_CAPS_MERGED = False
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = ("mp3", "m4a", "ogg", "flac", "wav")
@@ -118,16 +115,7 @@ DISTRO_FFMPEG = shutil.which("ffmpeg", path=SYSTEM_PATH)
 
 @pytest.mark.parametrize(
     "mode",
-    [
-        "no-ffmpeg-on-path",
-        pytest.param(
-            "distro-ffmpeg-on-path",
-            marks=pytest.mark.xfail(
-                not FFMPEG_CAPS_MERGED, strict=True,
-                reason="the plugin picks PATH's ffmpeg (< 7, no -dec) until the ffmpeg-caps branch is merged",
-            ),
-        ),
-    ],
+    ["no-ffmpeg-on-path", "distro-ffmpeg-on-path"],
 )
 def test_installed_package_narrates_every_format(installed, mode, tmp_path):
     if mode == "distro-ffmpeg-on-path" and DISTRO_FFMPEG is None:

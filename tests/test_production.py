@@ -317,3 +317,21 @@ def test_a_refused_file_says_what_it_looks_like(tmp_path, head, said):
     with pytest.raises(InvalidInput) as err:
         media.sniff("music", path)
     assert err.value.param == "music" and said in str(err.value), str(err.value)
+
+
+def test_an_intro_keeps_who_read_each_line_in_the_timeline(files):
+    """The timeline is shifted by the intro; speaker, voice, section and model stay with every entry (the
+    stats' provider/model per entry come from `model`)."""
+    from audio.model import SpeakerVoice
+
+    text = "# Show\n\nHost: Welcome to the show.\nGuest: Thanks for having me."
+    speakers = {"host": SpeakerVoice("en-us"), "guest": SpeakerVoice("en-gb", model=2)}
+    tts = Counting()
+    plain = narrate(Job(text=text, encode=EncodeOptions(fmt="wav"), speakers=speakers), {1: tts, 2: tts})
+    produced = narrate(
+        Job(text=text, encode=EncodeOptions(fmt="wav"), speakers=speakers, intro=files["intro"]), {1: tts, 2: tts}
+    )
+    who = [(e.speaker, e.voice, e.section, e.model) for e in produced.timeline]
+    assert who == [(e.speaker, e.voice, e.section, e.model) for e in plain.timeline]
+    assert [e.model for e in produced.timeline if e.speaker] == [1, 2]  # the heading is read by model 1 too
+    assert produced.timeline[0].start > plain.timeline[0].start + 1.0  # shifted by the intro
