@@ -272,8 +272,8 @@ def cmd_narrate(args: argparse.Namespace) -> int:
     intro = options.local_file("intro", args.intro)
     outro = options.local_file("outro", args.outro)
     music = options.local_file("music", args.music)
-    music_level = options.number("music_level", args.music_level, -20.0, integer=False)
-    intro_overlap_ms = int(options.number("intro_overlap_ms", args.intro_overlap_ms, 500))
+    music_level = options.music_level(args.music_level)
+    intro_overlap_ms = options.intro_overlap_ms(args.intro_overlap_ms)
     speed = options.speed(args.speed)
     lexicon = options.lexicon(read_lexicon(args.lexicon))
 

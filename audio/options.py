@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import lexicon as _lexicon
-from . import tempo
+from . import production, tempo
 from .errors import InvalidInput
 from .model import LOUDNESS_PRESETS, MODEL_PARAMS, LoudnessTarget, SpeakerVoice
 
@@ -287,6 +287,16 @@ def local_file(param: str, value: Any) -> Path | None:
     if path.stat().st_size == 0:
         raise InvalidInput(param, f"{str(value)!r} is empty")
     return path
+
+
+def music_level(value: Any) -> float:
+    """The music bed's level under speech, LU relative to the speech (blank = the producer's default, −20)."""
+    return float(number("music_level", value, production.MUSIC_LEVEL_DEFAULT_LU, integer=False))
+
+
+def intro_overlap_ms(value: Any) -> int:
+    """How long the intro's tail runs under what follows, in ms (blank = 500)."""
+    return int(number("intro_overlap_ms", value, production.INTRO_OVERLAP_DEFAULT_MS))
 
 
 def speed(value: Any) -> float:

@@ -111,15 +111,13 @@ class Job:
     music: Path | None = None
     music_level: float = production.MUSIC_LEVEL_DEFAULT_LU  # LU relative to the speech, while someone speaks
     intro_overlap_ms: int = production.INTRO_OVERLAP_DEFAULT_MS
+    speed: float = 1.0  # speech rate, pitch kept (audio.tempo); a Request's own `speed` overrides it
+    lexicon: Lexicon | None = None  # respellings for what the TTS model is sent (audio.lexicon)
 
     @property
     def produced(self) -> bool:
         """True when the speech gets an intro, an outro or a music bed."""
         return any(p is not None for p in (self.intro, self.outro, self.music))
-
-
-    speed: float = 1.0  # speech rate, pitch kept (audio.tempo); a Request's own `speed` overrides it
-    lexicon: Lexicon | None = None  # respellings for what the TTS model is sent (audio.lexicon)
 
 
 def narrate(

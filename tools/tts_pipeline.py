@@ -191,8 +191,8 @@ def parse_parameters(params: Mapping[str, Any]) -> Invocation:
         models={index: m.name for index, m in models.items()},
         model_voices={index: m.voice for index, m in models.items() if index != 1},
         time_budget_s=TIME_BUDGET_S,
-        music_level=options.number("music_level", params.get("music_level"), -20.0, integer=False),
-        intro_overlap_ms=int(options.number("intro_overlap_ms", params.get("intro_overlap_ms"), 500)),
+        music_level=options.music_level(params.get("music_level")),
+        intro_overlap_ms=options.intro_overlap_ms(params.get("intro_overlap_ms")),
         speed=options.speed(params.get("speed")),
         lexicon=options.lexicon(params.get("lexicon")),
     )
