@@ -58,7 +58,9 @@ class InvalidAudio(PipelineError):
 class SynthesisFailed(PipelineError):
     """A TTS request still failed after its retries. Names the request and the provider's message."""
 
-    def __init__(self, index: int, text: str, provider_message: str, attempts: int, model: str = "") -> None:
+    def __init__(
+        self, index: int, text: str, provider_message: str, attempts: int, model: str = "", model_index: int = 1
+    ) -> None:
         first_words = " ".join(text.split()[:8])
         which = f"{model}, " if model else ""
         super().__init__(
@@ -69,6 +71,7 @@ class SynthesisFailed(PipelineError):
         self.provider_message = provider_message
         self.attempts = attempts
         self.model = model  # e.g. "model_2 minimax/speech-01"
+        self.model_index = model_index  # the request's model: 1 = `model`, 2 = `model_2`, 3 = `model_3`
 
 
 class VoiceRefused(SynthesisFailed):
@@ -76,9 +79,16 @@ class VoiceRefused(SynthesisFailed):
     `voice` is the voice the request asked for (None = the provider's default, i.e. the tool's placeholder)."""
 
     def __init__(
-        self, index: int, text: str, provider_message: str, attempts: int, voice: str | None, model: str = ""
+        self,
+        index: int,
+        text: str,
+        provider_message: str,
+        attempts: int,
+        voice: str | None,
+        model: str = "",
+        model_index: int = 1,
     ) -> None:
-        super().__init__(index, text, provider_message, attempts, model=model)
+        super().__init__(index, text, provider_message, attempts, model=model, model_index=model_index)
         self.voice = voice
 
 

@@ -338,16 +338,13 @@ def reset() -> None:
     probe.cache_clear()
 
 
-ffmpeg_binary.cache_clear = reset  # type: ignore[attr-defined]  # what callers of the old cached function used
-
-
 def warm_up() -> Capabilities | None:
-    """Choose the binary (probing it) and import what running it needs, at process start rather than in the
-    first job, and return the choice for the start-up log. A missing ffmpeg is not an error here: each
-    invocation reports it before its first TTS call (FFmpegError is not cached)."""
+    """Choose the binary at process start rather than in the first job (the probe's runs also load what
+    running ffmpeg needs: they go through the same _start/_finish as run()), and return the choice for the
+    start-up log. A missing ffmpeg is not an error here: each invocation reports it before its first TTS call
+    (FFmpegError is not cached)."""
     try:
         caps = capabilities()
-        run(["-version"], timeout=30, what="ffmpeg warm-up")
     except FFmpegError as exc:
         log.warning("%s", exc)
         return None

@@ -99,7 +99,6 @@ def run(
         key = ""
         if cache is not None:
             key = cache_key(cache_namespace(req.model, names, namespace), req.voice, req.tts_text)
-        if cache is not None:
             chunks = cache.get(key)
             if chunks is not None:
                 try:
@@ -136,7 +135,7 @@ def run(
             except Exception as exc:
                 if voice_refused(str(exc)):  # no retry can fix it (see audio.voices)
                     raise VoiceRefused(
-                        req.index, req.text, _short(str(exc)), attempt, req.voice, model=label
+                        req.index, req.text, _short(str(exc)), attempt, req.voice, model=label, model_index=req.model
                     ) from exc
                 last_error = exc
                 log.warning(
@@ -153,7 +152,7 @@ def run(
                 model=label, retryable=last_error.retryable,
             ) from None
         message = _short(str(last_error) or type(last_error).__name__)
-        raise SynthesisFailed(req.index, req.text, message, attempts, model=label)
+        raise SynthesisFailed(req.index, req.text, message, attempts, model=label, model_index=req.model)
 
     # A voice is proven per model: the same name may be fine for one provider and refused by another.
     gates = {model: VoiceGate(cache_namespace(model, names, namespace)) for model in engines}
@@ -293,7 +292,7 @@ def _check_stalls(
         req = next(r for r in requests if r.index == idx)
         raise SynthesisFailed(
             idx, req.text, f"no audio received for {timeout:.0f} s (the TTS call stalled)", attempts,
-            model=model_label(req.model, names) if names is not None else "",
+            model=model_label(req.model, names) if names is not None else "", model_index=req.model,
         )
 
 

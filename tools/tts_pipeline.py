@@ -413,9 +413,9 @@ def user_message(err: PipelineError, call: Invocation) -> str:
     voice_error = isinstance(err, VoiceRefused) or (
         isinstance(err, SynthesisFailed) and "voice" in err.provider_message.lower()
     )
-    other = None
-    if isinstance(err, SynthesisFailed):  # a request of model_2/model_3: its voice came from there
-        other = next((p for i, p in MODEL_PARAMS.items() if i != 1 and err.model.startswith(p + " ")), None)
+    other = None  # a request of model_2/model_3: its voice came from there
+    if isinstance(err, SynthesisFailed) and err.model_index != 1:
+        other = MODEL_PARAMS[err.model_index]
     if isinstance(err, VoiceRefused) and err.voice is not None:  # the request's own voice, e.g. from `speakers`
         message += (
             f"\nThe TTS provider refused the voice {err.voice!r}. Use a voice this model offers (see the model"
