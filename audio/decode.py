@@ -93,7 +93,7 @@ def decode_all(
         for pos in batch:
             args += ffmpeg.input_args(inputs[pos], files[pos].fmt)
         for k, pos in enumerate(batch):
-            args += _output_args(
+            args += output_args(
                 k, outputs[pos], sample_rate, channels, max_seconds_per_file, files[pos].reconfigures, file_speeds[pos]
             )
         timeout = 60 + 2 * sum(files[p].size for p in batch) / 4000  # generous: ~2 s per 4 kB/s·s
@@ -144,7 +144,7 @@ def _batches(count: int, workers: int) -> list[list[int]]:
     return [list(range(a, b)) for a, b in pairwise(bounds)]
 
 
-def _output_args(
+def output_args(
     k: int, out: Path, rate: int, channels: int, max_seconds: float, reconfigures: bool = False, speed: float = 1.0
 ) -> list[str]:
     """Output `k`: float32 at `rate`/`channels`, stretched to `speed` after resampling (the stretcher then
@@ -176,7 +176,7 @@ def _decode_one_strict(
             "-v",
             "error",
             *ffmpeg.input_args(src, f.fmt),
-            *_output_args(0, out, rate, channels, max_seconds, f.reconfigures, speed),
+            *output_args(0, out, rate, channels, max_seconds, f.reconfigures, speed),
         ],
         what="decoding the TTS audio",
         check=False,
@@ -185,7 +185,7 @@ def _decode_one_strict(
     problems = [line for line in res.stderr.splitlines() if line.strip()]
     if problems or not out.exists():
         _check_ffmpeg_works(src.parent, rate, channels, res.stderr)
-        detail = "; ".join(dict.fromkeys(_strip_address(p) for p in problems[:5])) or "no output"
+        detail = decoder_problems(res.stderr, 5) or "no output"
         raise InvalidAudio(
             f.call_index,
             f"file {f.file_index + 1} ({f.fmt}) could not be decoded cleanly: {detail}",
@@ -212,7 +212,7 @@ def _check_ffmpeg_works(workdir: Path, rate: int, channels: int, stderr: str) ->
     ref.write_bytes(_reference_wav())
     try:
         res = ffmpeg.run(
-            ["-v", "error", *ffmpeg.input_args(ref, "wav"), *_output_args(0, out, rate, channels, 10.0)],
+            ["-v", "error", *ffmpeg.input_args(ref, "wav"), *output_args(0, out, rate, channels, 10.0)],
             what="decoding a reference file",
             check=False,
             timeout=60,
@@ -225,6 +225,12 @@ def _check_ffmpeg_works(workdir: Path, rate: int, channels: int, stderr: str) ->
         out.unlink(missing_ok=True)
     if not ok:
         raise FFmpegError("decoding the TTS audio: ffmpeg fails even on a reference file it should decode", stderr)
+
+
+def decoder_problems(stderr: str, limit: int) -> str:
+    """The first `limit` lines ffmpeg complained with, addresses stripped and repeats dropped, for a message."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return "; ".join(dict.fromkeys(_strip_address(line) for line in lines[:limit]))
 
 
 def _strip_address(line: str) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from . import ffmpeg
+from .containers.metadata import id3v2_size
+from .decode import BYTES_PER_SAMPLE, decoder_problems, output_args
 from .errors import InvalidInput, printable_preview
 from .loudness import sniff_format
 
@@ -30,20 +32,23 @@ def sniff(param: str, path: Path) -> str:
     try:
         with open(path, "rb") as fh:
             head = fh.read(4096)
+            if not head:
+                raise InvalidInput(param, "the file is empty")
+            # ID3v2 tags (cover art makes them large) may stand before mp3 or ADTS audio: sniff what follows
+            offset = 0
+            while (size := id3v2_size(head, 0)) > 0:
+                offset += size
+                fh.seek(offset)
+                head = fh.read(4096)
     except OSError as exc:
         raise InvalidInput(param, f"cannot read {path}: {exc.strerror or exc}") from None
-    if not head:
-        raise InvalidInput(param, "the file is empty")
-    demuxer = _sniff_head(head)
+    demuxer = sniff_format(head)
+    if demuxer is None and offset:
+        demuxer = "mp3"  # a tag, then nothing we recognise: mp3 is what ID3 usually heads
     if demuxer is None:
         what = _describe(head)
         raise InvalidInput(param, f"is not an audio file we can read ({what}); give {ACCEPTED}")
     return demuxer
-
-
-def _sniff_head(head: bytes) -> str | None:
-    found = sniff_format(head)
-    return found if found in _KINDS else None
 
 
 def _describe(head: bytes) -> str:
@@ -69,11 +74,6 @@ def _input(path: Path, demuxer: str) -> list[str]:
     return ffmpeg.input_args(path, demuxer, *extra)
 
 
-def _problems(stderr: str) -> str:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return "; ".join(dict.fromkeys(lines[:3]))
-
-
 def check(param: str, path: Path, max_seconds: float | None = None) -> str:
     """Sniff and trial-decode the file (before any TTS call): its first CHECK_SECONDS, or with `max_seconds`
     all of it up to that length, which it must not exceed (intro/outro; at 8 kHz mono 2 min take ~0.1 s).
@@ -87,7 +87,7 @@ def check(param: str, path: Path, max_seconds: float | None = None) -> str:
     )  # fmt: skip
     samples = np.frombuffer(res.stdout[: len(res.stdout) // 4 * 4], dtype="<f4")
     if samples.size == 0:
-        detail = _problems(res.stderr) or "no audio samples"
+        detail = decoder_problems(res.stderr, 3) or "no audio samples"
         raise InvalidInput(
             param, f"could not be decoded as {_KINDS[demuxer]} ({detail}); give a valid {ACCEPTED} file"
         )
@@ -104,24 +104,21 @@ def decode(
     channels: int,
     *,
     max_seconds: float,
-    demuxer: str | None = None,
 ) -> tuple[int, list[str]]:
     """Decode the file's first audio stream to float32le PCM at the programme's rate and layout, at most
     `max_seconds` of it. Returns (frames, warnings): a file that decodes with errors but still yields audio
     (a damaged frame in a long mp3) is used and the decoder's complaint becomes a warning."""
-    demuxer = demuxer or sniff(param, path)
-    layout = "mono" if channels == 1 else "stereo"
+    demuxer = sniff(param, path)
     res = ffmpeg.run(
-        ["-v", "error", *_input(path, demuxer), "-map", "0:a:0",
-         "-af", f"aresample=osr={sample_rate}:resampler=soxr,aformat=sample_fmts=flt:channel_layouts={layout}",
-         "-t", f"{max_seconds:.3f}", "-f", "f32le", ffmpeg.file_url(out)],
+        ["-v", "error", *_input(path, demuxer), *output_args(0, out, sample_rate, channels, max_seconds)],
         what=f"decoding {param}", check=False, timeout=120 + max_seconds / 4,
     )  # fmt: skip
-    frames = out.stat().st_size // (4 * channels) if out.exists() else 0
+    frames = out.stat().st_size // (BYTES_PER_SAMPLE * channels) if out.exists() else 0
     if frames == 0:
-        detail = _problems(res.stderr) or "no audio samples"
+        detail = decoder_problems(res.stderr, 3) or "no audio samples"
         raise InvalidInput(param, f"could not be decoded as {_KINDS[demuxer]} ({detail})")
     warnings = []
     if res.stderr.strip():
-        warnings.append(f"{param}: the decoder reported problems, the audio may have a glitch: {_problems(res.stderr)}")
+        problems = decoder_problems(res.stderr, 3)
+        warnings.append(f"{param}: the decoder reported problems, the audio may have a glitch: {problems}")
     return frames, warnings

@@ -26,6 +26,7 @@ from audio.errors import InvalidInput
 from audio.loudness import LoudnessMeter
 from audio.model import EncodeOptions
 from audio.pipeline import Job, narrate
+from tests import audiogen
 
 BED_HZ = 70.0
 CHORD = "0.3*sin(2*PI*%d*t)+0.2*sin(2*PI*%d*t)"
@@ -335,3 +336,32 @@ def test_an_intro_keeps_who_read_each_line_in_the_timeline(files):
     assert who == [(e.speaker, e.voice, e.section, e.model) for e in plain.timeline]
     assert [e.model for e in produced.timeline if e.speaker] == [1, 2]  # the heading is read by model 1 too
     assert produced.timeline[0].start > plain.timeline[0].start + 1.0  # shifted by the intro
+
+
+def id3v2_tag(payload_bytes: int) -> bytes:
+    """An ID3v2.3 tag with one APIC-like private frame of `payload_bytes` (cover art makes tags this large)."""
+    frame = b"PRIV" + payload_bytes.to_bytes(4, "big") + b"\x00\x00" + bytes(payload_bytes)
+    size = len(frame)
+    syncsafe = bytes([(size >> 21) & 0x7F, (size >> 14) & 0x7F, (size >> 7) & 0x7F, size & 0x7F])
+    return b"ID3\x03\x00\x00" + syncsafe + frame
+
+
+@pytest.mark.parametrize("kind", ["aac", "mp3"])
+def test_a_tagged_file_is_sniffed_by_what_follows_its_id3_tag(tmp_path, kind):
+    """An ADTS (.aac) or mp3 music file with a 10 kB ID3v2 tag in front (larger than the sniffed head): the
+    demuxer is chosen by the audio after the tag, and ffmpeg decodes it (ADTS forced as mp3 decodes nothing)."""
+    audio_bytes = audiogen.adts(2.0) if kind == "aac" else audiogen.mp3(2.0)
+    path = tmp_path / f"tagged.{kind}"
+    path.write_bytes(id3v2_tag(10_000) + audio_bytes)
+    assert media.check("music", path) == kind
+    frames, warnings = media.decode("music", path, tmp_path / "out.f32", 24000, 1, max_seconds=10)
+    assert frames == pytest.approx(2.0 * 24000, rel=0.05) and warnings == []
+
+
+def test_decoder_complaints_name_no_memory_addresses(tmp_path):
+    """A file that decodes to nothing: the message quotes ffmpeg without its '@ 0x…' addresses."""
+    path = tmp_path / "broken.mp3"
+    path.write_bytes(audiogen.mp3(1.0)[:4] + bytes(range(256)) * 8)
+    with pytest.raises(InvalidInput) as info:
+        media.check("music", path)
+    assert str(info.value).startswith("music: ") and " @ 0x" not in str(info.value)
