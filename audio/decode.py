@@ -16,6 +16,7 @@ The per-file duration cap applies to the provider's audio before stretching (a s
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from . import ffmpeg, tempo
+from .containers import riff
 from .cooperate import cooperate
 from .errors import FFmpegError, InvalidAudio
 from .model import AudioFile
@@ -69,7 +71,7 @@ def decode_all(
 
     `speeds[i]`: speech rate of file i (None or 1.0 = as delivered); see audio.tempo.
     """
-    file_speeds = [s if s is not None and not tempo.is_unity(s) else 1.0 for s in (speeds or [None] * len(files))]
+    file_speeds = [1.0 if tempo.is_unity(s) else s for s in (speeds or [None] * len(files))]
     if len(file_speeds) != len(files):
         raise ValueError("decode_all: one speed per file")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -196,10 +198,8 @@ def _decode_one_strict(
 def _reference_wav(seconds: float = 0.05, rate: int = 8000) -> bytes:
     """A tiny valid WAV (silence) written by us: if ffmpeg cannot decode this, ffmpeg is the problem."""
     frames = int(seconds * rate)
-    header = b"RIFF" + (36 + 2 * frames).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
-    header += (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + rate.to_bytes(4, "little")
-    header += (2 * rate).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
-    return header + b"data" + (2 * frames).to_bytes(4, "little") + bytes(2 * frames)
+    fmt_body = struct.pack("<HHIIHH", 1, 1, rate, 2 * rate, 2, 16)  # PCM, mono, 16-bit
+    return riff.header(fmt_body, 2 * frames) + bytes(2 * frames)
 
 
 def _check_ffmpeg_works(workdir: Path, rate: int, channels: int, stderr: str) -> None:

@@ -30,8 +30,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "max_chars_per_request": (50, 4_000),
     "concurrency": (1, 16),
     "max_output_mb": (1, 200),
-    "music_level": (-40, -6),  # LU relative to the speech, while someone speaks
-    "intro_overlap_ms": (0, 5_000),
+    "music_level": production.MUSIC_LEVEL_RANGE_LU,  # LU relative to the speech, while someone speaks
+    "intro_overlap_ms": production.INTRO_OVERLAP_RANGE_MS,
     "speed": (tempo.MIN_SPEED, tempo.MAX_SPEED),
 }
 
@@ -146,7 +146,7 @@ def boolean(param: str, value: Any, default: bool | None) -> bool | None:
 
 
 # Speech rate of one speaker (`Name=voice@1.2`): the range every TTS provider and ffmpeg's atempo handle well.
-SPEAKER_SPEED = (0.5, 2.0)
+SPEAKER_SPEED = (tempo.MIN_SPEED, tempo.MAX_SPEED)  # the same rates as `speed`
 _MODEL_PREFIX_RE = re.compile(r"\s*(\d+)\s*:")
 _JSON_FIELDS = ("model", "voice", "speed")
 

@@ -75,14 +75,12 @@ class Produced:
     path: Path
     frames: int
     timeline: list[TimelineEntry]  # shifted to where the speech now is
-    speech_offset_s: float  # where the speech programme starts in the mix
     mix_lufs: float | None
     mix_rms_db: float | None
     speech_lufs: float
     intro_s: float | None
     outro_s: float | None
     music_level_lu: float | None  # the bed's loudness under speech, relative to the speech (measured)
-    music_open_lu: float | None  # the bed's level in long pauses relative to the speech (set)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -238,14 +236,12 @@ def produce(
         path=out_path,
         frames=end,
         timeline=timeline,
-        speech_offset_s=shift,
         mix_lufs=mix_meter.integrated(),
         mix_rms_db=mix_meter.rms_db(),
         speech_lufs=speech_lufs,
         intro_s=n_intro / rate if n_intro else None,
         outro_s=n_outro / rate if n_outro else None,
         music_level_lu=under_lu,
-        music_open_lu=open_level(music_level_lu) if bed is not None else None,
         warnings=warnings,
     )
 

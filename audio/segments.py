@@ -206,14 +206,17 @@ class Walk:
         else:
             self.pending.append(note)
 
-    def resume(self, fmt: str, cut: Cut, last: int, p: int) -> tuple[int, bool] | None:
+    def resume(
+        self, fmt: str, cut: Cut, last: int, p: int, audio_before_last: bool
+    ) -> tuple[int, bool] | None:
         """Where audio resumes after the bytes at `p` that are no frame header nor tag, the last frame having
         started at `last`: (position, whether it is `cut`'s stream going on), the gap skipped (see `skip`).
         None if no frame of `fmt` confidently follows (the walk then ends the file at `p`).
 
         The search starts inside the last frame: a confident start there means that frame was cut off (a
         stream cut at an arbitrary byte, then the next file or more of the stream); it is dropped with a note
-        instead of swallowing the start of what follows."""
+        instead of swallowing the start of what follows. When the next file starts inside it, `cut` ends
+        before that frame, and has audio only if it had before it (`audio_before_last`)."""
         if self.starts_file(p) or tag_size(self.buf, p) != 0:
             return None
         q = resync(self.buf, last + 4)
@@ -235,7 +238,7 @@ class Walk:
         )
         cut.truncated = True
         if not same:
-            cut.end = last
+            cut.end, cut.audio = last, audio_before_last
         return q, same
 
     def _cut_short(self, start: int, what: str) -> int:

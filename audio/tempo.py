@@ -27,7 +27,7 @@ def tempo_filter(speed: float | None) -> str | None:
 
     atempo takes 0.5–100 in current ffmpeg and 0.5–2.0 in old releases: MIN_SPEED–MAX_SPEED fits both.
     """
-    if speed is None or is_unity(speed):
+    if is_unity(speed):
         return None
     if not MIN_SPEED - 1e-9 <= speed <= MAX_SPEED + 1e-9:
         raise ValueError(f"speed {speed} is outside {MIN_SPEED}–{MAX_SPEED}")

@@ -42,12 +42,11 @@ def walk(w: Walk, start: int, body: int) -> tuple[Cut, int]:
     while p < n:
         frame = frame_header(buf, p)
         if frame is None:
-            resumed = w.resume("aac", cut, last, p) if p > body else None
+            resumed = w.resume("aac", cut, last, p, audio_before_last)
             if resumed is None:
                 break
             p, same = resumed  # junk skipped (with a note) after a confident resync
             if not same:
-                cut.audio = audio_before_last
                 return cut, p  # the last frame was cut off by the next file
             continue
         length, rate, channels = frame

@@ -80,12 +80,11 @@ def walk(w: Walk, start: int, body: int) -> tuple[Cut, int]:
             cooperate()  # a long call (MBs of frames) must not hold the gevent hub
         frame = frame_header(U32BE(buf, p)[0])
         if frame is None or not frame.length:
-            resumed = w.resume("mp3", cut, last, p) if p > body else None
+            resumed = w.resume("mp3", cut, last, p, audio_before_last)
             if resumed is None:
                 break
             p, same = resumed  # junk skipped (with a note) after a confident resync
             if not same:
-                cut.audio = audio_before_last
                 return cut, p  # the last frame was cut off by the next file
             continue
         vbr_header = buf.startswith(VBR_TAGS, p + frame.vbr_offset) or buf.startswith(b"VBRI", p + 36)
