@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .containers import WALKERS
+from .containers import CONTAINERS
 from .containers.base import Cut, text_tail
 from .containers.metadata import after_id3v2, id3v2_size, tag_size
 from .containers.resync import error_text, resync
@@ -142,7 +142,7 @@ class Walk:
         fmt = format_at(buf, body)
         if fmt is None:
             return self._not_audio(start, body)
-        cut, end = WALKERS[fmt](self, start, body)
+        cut, end = CONTAINERS[fmt].walk(self, start, body)
         if cut.audio:
             cut.notes[:0] = self.pending
             self.pending = []

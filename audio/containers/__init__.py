@@ -7,15 +7,6 @@ call's chunks. `metadata` reads the tags taggers put around frames.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from .sniff import CONTAINERS
 
-from . import adts, flac, mp3, ogg, riff
-from .base import Cut
-
-WALKERS: dict[str, Callable[..., tuple[Cut, int]]] = {
-    "mp3": mp3.walk,
-    "aac": adts.walk,
-    "wav": riff.walk,
-    "ogg": ogg.walk,
-    "flac": flac.walk,
-}
+__all__ = ["CONTAINERS"]

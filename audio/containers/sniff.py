@@ -12,16 +12,17 @@ from ..model import AUDIO_FORMATS
 from . import adts, flac, mp3, ogg, riff
 from .metadata import after_id3v2
 
-# Which walker reads the file that starts at a position; mp3 before ADTS (both start with 0xFF).
-_DETECT = (("mp3", mp3.starts), ("aac", adts.starts), ("wav", riff.starts), ("ogg", ogg.starts), ("flac", flac.starts))
+# Format name → its container module (`starts`, `walk`), in the order formats are tried at a position: mp3
+# before ADTS (both start with 0xFF).
+CONTAINERS = {"mp3": mp3, "aac": adts, "wav": riff, "ogg": ogg, "flac": flac}
 
 
 def format_at(buf: bytes, p: int) -> str | None:
     """The audio format whose file (or frame, for mp3/ADTS) starts at `p`, if any."""
     if p >= len(buf):
         return None
-    for name, starts in _DETECT:
-        if starts(buf, p):
+    for name, module in CONTAINERS.items():
+        if module.starts(buf, p):
             return name
     return None
 
